@@ -1,0 +1,39 @@
+"""Start a local Ray or join a cluster, with the settings that work on our machines (stack.md §4)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ray
+
+LOCAL_TEMP_DIR = "/tmp/ray_sb"  # AF_UNIX socket paths cap at 107 bytes: keep this short
+
+
+def _quiet_defaults() -> None:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Our trials use absolute paths; keep their working directory where it is.
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # verbose=0 then prints nothing
+
+
+def connect(address: str | None = None, num_cpus: int | None = None) -> dict[str, Any]:
+    """Join Ray at ``address`` (or ``RAY_ADDRESS``), else start a local instance.
+
+    Reuses an instance this process already started (tests keep one per session). Returns the
+    cluster's total resources.
+    """
+    _quiet_defaults()
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        if address:
+            ray.init(address=address, log_to_driver=True)
+        else:
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                _temp_dir=LOCAL_TEMP_DIR,
+                configure_logging=False,
+            )
+    return dict(ray.cluster_resources())

@@ -1,0 +1,234 @@
+"""Run a grid of RunSpecs on Ray Tune: one trial per RunSpec, resources per task, retries, skip-done.
+
+The worker trains with :func:`benchmark.train.run` and writes its own Parquet files, so results
+survive a dead driver. The driver tracks every trial in MLflow through a Tune callback and prints
+progress: runs done of total, failures and time left.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from ray import tune
+
+from benchmark import store, train
+from benchmark.spec import RunSpec
+from benchmark.tracking import Tracker
+
+STATUS_KEY = "run_status"
+STEP_KEY = "step"
+
+
+@dataclass
+class GridOutcome:
+    """What a grid invocation did."""
+
+    total: int
+    skipped: int
+    completed: list[str] = field(default_factory=list)
+    diverged: list[str] = field(default_factory=list)
+    failed: list[tuple[RunSpec, str]] = field(default_factory=list)
+
+
+def pending_specs(specs: Sequence[RunSpec], results: Path, rerun: bool) -> list[RunSpec]:
+    """The specs still to run: all with ``rerun``, else those with no completed row in the store."""
+    if rerun:
+        return list(specs)
+    done: set[str] = set()
+    for suite in {s.suite for s in specs}:
+        done |= store.done_ids(results, suite)
+    return [s for s in specs if s.run_id not in done]
+
+
+def _trainable(config: dict[str, Any]) -> None:
+    spec = RunSpec.model_validate(config["spec"])
+    results = Path(config["results"])
+
+    def report(step: int, metrics: dict[str, float] | Any) -> None:
+        tune.report({STEP_KEY: step, **metrics})
+
+    result = train.run(spec, report)
+    store.write_run(results, spec, result)
+    last = result.curve[-1].metrics if result.curve else {}
+    extra = {k: v for k, v in result.final.items() if k not in last}
+    tune.report({STEP_KEY: result.steps, STATUS_KEY: result.status, **extra})
+
+
+def failed_result(spec: RunSpec, error: str) -> train.RunResult:
+    now = datetime.now(UTC)
+    return train.RunResult(
+        run_id=spec.run_id,
+        status="failed",
+        steps=0,
+        final={},
+        curve=(),
+        train_time_s=0.0,
+        wall_time_s=0.0,
+        device="",
+        started_at=now,
+        finished_at=now,
+        error=error,
+    )
+
+
+class Progress:
+    """One line per finished run: done of total, failures, elapsed and estimated time left."""
+
+    def __init__(self, total: int, stream: TextIO = sys.stderr) -> None:
+        self.total = total
+        self.finished = 0
+        self.failed = 0
+        self.started = time.monotonic()
+        self.stream = stream
+
+    def update(self, label: str, status: str) -> None:
+        self.finished += 1
+        self.failed += status == "failed"
+        elapsed = time.monotonic() - self.started
+        left = elapsed / self.finished * (self.total - self.finished)
+        print(
+            f"[{self.finished}/{self.total}] {status:<8} {label}  "
+            f"(failed {self.failed}, elapsed {_clock(elapsed)}, left ~{_clock(left)})",
+            file=self.stream,
+            flush=True,
+        )
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}"
+
+
+class _GridCallback(tune.Callback):
+    def __init__(self, tracker: Tracker, results: Path, outcome: GridOutcome, progress: Progress) -> None:
+        self.tracker = tracker
+        self.results = results
+        self.outcome = outcome
+        self.progress = progress
+        self._started: set[str] = set()
+
+    @staticmethod
+    def _spec(trial: Any) -> RunSpec:
+        return RunSpec.model_validate(trial.config["spec"])
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        spec = self._spec(trial)
+        if spec.run_id not in self._started:
+            self._started.add(spec.run_id)
+            self.tracker.start_run(spec)
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
+        metrics = {
+            k: float(v)
+            for k, v in result.items()
+            if "/" in k and isinstance(v, int | float) and not isinstance(v, bool)
+        }
+        if metrics:
+            self.tracker.log_metrics(self._spec(trial).run_id, int(result.get(STEP_KEY, 0)), metrics)
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        spec = self._spec(trial)
+        status = str((trial.last_result or {}).get(STATUS_KEY, "ok"))
+        self.tracker.end_run(spec.run_id, status)
+        (self.outcome.diverged if status == "diverged" else self.outcome.completed).append(spec.run_id)
+        self.progress.update(_label(spec), status)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        spec = self._spec(trial)
+        error = _trial_error(trial)
+        store.write_run(self.results, spec, failed_result(spec, error))
+        self.tracker.end_run(spec.run_id, "failed")
+        self.outcome.failed.append((spec, error))
+        self.progress.update(_label(spec), "failed")
+
+
+def _label(spec: RunSpec) -> str:
+    return f"{spec.task} {spec.rule_display} seed={spec.seed}"
+
+
+def _trial_error(trial: Any) -> str:
+    for attr in ("error_msg", "error_message"):
+        msg = getattr(trial, attr, None)
+        if msg:
+            return str(msg).strip().splitlines()[-1][:2000]
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).is_file():
+        return Path(path).read_text().strip().splitlines()[-1][:2000]
+    return "trial failed"
+
+
+ResourceFn = Callable[[RunSpec], dict[str, float]]
+
+
+def run_grid(
+    specs: Sequence[RunSpec],
+    results: Path,
+    tracker: Tracker,
+    resources: ResourceFn,
+    *,
+    rerun: bool = False,
+    max_failures: int = 1,
+    stream: TextIO = sys.stderr,
+) -> GridOutcome:
+    """Run every pending spec as a Ray Tune trial; Ray must already be connected."""
+    results = Path(results).resolve()
+    todo = pending_specs(specs, results, rerun)
+    outcome = GridOutcome(total=len(specs), skipped=len(specs) - len(todo))
+    print(
+        f"{len(todo)} run(s) to do, {outcome.skipped} already done and skipped"
+        + (" (use --rerun to run them again)" if outcome.skipped else ""),
+        file=stream,
+        flush=True,
+    )
+    if not todo:
+        return outcome
+    suite = todo[0].suite
+    tracker.start_suite(suite, len(todo), todo[0].code_version)
+    by_id = {s.run_id: s for s in todo}
+    progress = Progress(len(todo), stream)
+    callback = _GridCallback(tracker, results, outcome, progress)
+    scratch = Path(tempfile.mkdtemp(prefix="sb_tune_"))
+    try:
+        trainable = tune.with_resources(
+            _trainable, lambda config: resources(by_id[_config_run_id(config)])
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space={
+                "spec": tune.grid_search([s.model_dump(mode="json") for s in todo]),
+                "results": str(results),
+            },
+            tune_config=tune.TuneConfig(reuse_actors=True),
+            run_config=tune.RunConfig(
+                name=f"{suite}-{uuid.uuid4().hex[:8]}",
+                storage_path=str(scratch),
+                failure_config=tune.FailureConfig(max_failures=max_failures),
+                callbacks=[callback],
+                verbose=0,
+            ),
+        )
+        tuner.fit()
+    except Exception:
+        tracker.end_suite(failed=len(todo))
+        traceback.print_exc(file=stream)
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    tracker.end_suite(failed=len(outcome.failed))
+    return outcome
+
+
+def _config_run_id(config: dict[str, Any]) -> str:
+    return RunSpec.model_validate(config["spec"]).run_id

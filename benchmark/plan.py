@@ -1,0 +1,154 @@
+"""Suite → RunSpecs: resolve names in the registries, validate hyperparameters and options, expand the grid.
+
+Cells a rule cannot run (say AGD on a model with biases) are dropped with the rule's reason rather
+than failing later on a worker. Every error names the suite file and the field, and all errors of a
+file are reported together.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from benchmark.errors import SpecError, SpecErrors
+from benchmark.registry import UnknownNameError
+from benchmark.rules import RULES
+from benchmark.spec import Budget, RunSpec, Suite, errors_from_validation
+
+
+@dataclass(frozen=True, slots=True)
+class DroppedCell:
+    task: str
+    rule: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The grid of a suite: what will run, in a stable order, and what was dropped and why."""
+
+    suite: Suite
+    specs: tuple[RunSpec, ...]
+    dropped: tuple[DroppedCell, ...]
+
+
+def expand(suite: Suite, path: str | Path, code_version: str = "") -> Plan:
+    """Resolve and expand ``suite`` (read from ``path``, which errors name).
+
+    Raises:
+        SpecError: an unknown rule, task or hyperparameter, a bad value, or an empty grid.
+    """
+    from benchmark.tasks import TASKS  # tasks may be heavy to import; only the planner needs them
+
+    errors: list[SpecError] = []
+    tasks: list[tuple[Any, Any, Budget]] = []
+    for i, entry in enumerate(suite.tasks):
+        try:
+            info = TASKS.get(entry.name)
+        except UnknownNameError as exc:
+            errors.append(SpecError(path, f"tasks[{i}].name", _registered_hint(exc), entry.name))
+            continue
+        try:
+            options = info.options.model_validate(entry.options)
+        except ValidationError as exc:
+            errors.extend(errors_from_validation(exc, path, ("tasks", i, "options")).errors)
+            continue
+        budget = entry.budget or suite.budget
+        eval_every = min(budget.eval_every or info.eval_every, budget.steps)
+        tasks.append((info, options, Budget(steps=budget.steps, eval_every=eval_every)))
+
+    rules: list[tuple[Any, list[Any]]] = []
+    entry_keys: dict[str, set[str]] = {}
+    for j, entry in enumerate(suite.rules):
+        try:
+            info = RULES.get(entry.name)
+        except UnknownNameError as exc:
+            errors.append(SpecError(path, f"rules[{j}].name", _registered_hint(exc), entry.name))
+            continue
+        hparam_sets, rule_errors = _expand_hparams(info, entry.hparams, entry.sweep, path, j)
+        errors.extend(rule_errors)
+        rules.append((info, hparam_sets))
+        entry_keys.setdefault(info.name, set()).update(entry.hparams, entry.sweep)
+
+    if errors:
+        raise SpecErrors(errors)
+
+    specs: list[RunSpec] = []
+    dropped: list[DroppedCell] = []
+    seen: dict[str, str] = {}
+    for (task, options, budget), (rule, hparam_sets) in itertools.product(tasks, rules):
+        reason = rule.unsupported(task, options)
+        if reason is not None:
+            dropped.append(DroppedCell(task.name, rule.name, reason))
+            continue
+        for hp, seed in itertools.product(hparam_sets, suite.seeds):
+            spec = RunSpec(
+                suite=suite.name,
+                task=task.name,
+                task_options=options.model_dump(mode="json"),
+                rule=rule.name,
+                hparams=hp.model_dump(mode="json"),
+                seed=seed,
+                budget=budget,
+                code_version=code_version,
+                shown=tuple(sorted(set(entry_keys[rule.name]))),
+            )
+            label = f"{task.name} × {spec.rule_display} × seed {seed}"
+            if spec.run_id in seen:
+                raise SpecError(path, "rules", "each cell of the grid once", f"{label} twice")
+            seen[spec.run_id] = label
+            specs.append(spec)
+
+    if len(set(suite.seeds)) != len(suite.seeds):
+        raise SpecError(path, "seeds", "distinct seeds", suite.seeds)
+    if not specs:
+        why = "; ".join(f"{d.rule} on {d.task}: {d.reason}" for d in dropped)
+        raise SpecError(path, "rules", "at least one (task, rule) cell that can run", why or "no cells")
+    specs.sort(key=lambda s: (s.task, s.rule, s.rule_display, s.seed))
+    return Plan(suite=suite, specs=tuple(specs), dropped=tuple(dropped))
+
+
+def _expand_hparams(
+    info: Any, fixed: dict[str, Any], sweep: dict[str, list[Any]], path: str | Path, j: int
+) -> tuple[list[Any], list[SpecError]]:
+    errors: list[SpecError] = []
+    known = set(info.hparams.model_fields)
+    for key in sweep:
+        if key not in known:
+            errors.append(
+                SpecError(path, f"rules[{j}].sweep.{key}", f"a hyperparameter of {info.name!r}: {', '.join(sorted(known))}", key)
+            )
+        elif key in fixed:
+            errors.append(SpecError(path, f"rules[{j}].sweep.{key}", "a name not also fixed in hparams", key))
+    if errors:
+        return [], errors
+    keys = sorted(sweep)
+    sets = []
+    for values in itertools.product(*(sweep[k] for k in keys)):
+        combo = dict(zip(keys, values, strict=True))
+        try:
+            sets.append(info.hparams.model_validate({**fixed, **combo}))
+        except ValidationError as exc:
+            for err in errors_from_validation(exc, path, ("rules", j, "hparams")).errors:
+                name = err.field.rsplit(".", 1)[-1]
+                if err.expected == "no such field":
+                    err = SpecError(
+                        path, err.field, f"a hyperparameter of {info.name!r}: {', '.join(sorted(known))}", name
+                    )
+                elif name in combo:
+                    err = SpecError(path, f"rules[{j}].sweep.{name}", err.expected, combo[name])
+                if str(err) not in {str(e) for e in errors}:
+                    errors.append(err)
+    return sets, errors
+
+
+def _registered_hint(exc: UnknownNameError) -> str:
+    text = f"a registered {exc.kind} ({', '.join(exc.known)})"
+    close = exc.message.split("; ", 1)
+    if len(close) > 1 and close[1].startswith("did you mean"):
+        text += "; " + close[1].split(" (known", 1)[0]
+    return text

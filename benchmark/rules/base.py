@@ -1,0 +1,110 @@
+"""What a learning rule is: its registry entry, its training-step protocol, and the optimizer adapter."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+import torch
+from optuna.distributions import BaseDistribution
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from benchmark.types import Batch, LossFn
+
+if TYPE_CHECKING:
+    from benchmark.tasks.base import TaskInfo
+
+
+class HParams(BaseModel):
+    """Base of every rule's hyperparameter model: frozen, and unknown names are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@runtime_checkable
+class LearningRule(Protocol):
+    """A rule that owns the whole training step (an optimizer is wrapped by :class:`OptimizerRule`)."""
+
+    def train_step(self, model: nn.Module, batch: Batch, loss_fn: LossFn) -> dict[str, float]:
+        """One update of ``model`` on ``batch``; returns at least ``train/loss`` (before the update)."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+class OptimizerRule:
+    """Adapts a ``torch.optim.Optimizer``: zero grads, forward, loss, backward, step.
+
+    An optimizer may expose ``diagnostics() -> dict[str, float]`` (e.g. AGD's step size); those
+    values are merged into the step's metrics under their own ``rule/...`` names.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+
+    def train_step(self, model: nn.Module, batch: Batch, loss_fn: LossFn) -> dict[str, float]:
+        inputs, targets = batch
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(inputs), targets)
+        loss.backward()
+        self.optimizer.step()
+        metrics = {"train/loss": float(loss.detach())}
+        diagnostics = getattr(self.optimizer, "diagnostics", None)
+        if callable(diagnostics):
+            metrics.update(diagnostics())
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.optimizer.load_state_dict(dict(state))
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorCase:
+    """Hyperparameters that must be refused, and a regex of the message (contract-tested)."""
+
+    hparams: Mapping[str, Any]
+    match: str
+
+
+def always_supported(task: TaskInfo, options: BaseModel) -> str | None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class RuleInfo:
+    """A learning rule's registry entry.
+
+    Attributes:
+        name: registry key, snake_case (``eg_sgd``).
+        description: one line for ``synapsebench list``.
+        hparams: the frozen pydantic model of its hyperparameters; its defaults are the paper's.
+        build: ``build(model, hparams) -> LearningRule``.
+        search_space: Optuna distributions over the hyperparameters that tuning may vary.
+        reference: the paper (URL).
+        track: ``tuned`` rules get a tuning budget; ``self_tuning`` rules (AGD) run untuned.
+        prepare: optional ``prepare(model, generator, hparams) -> model``, for rules that own the
+            initialisation or need a sign-split model. Runs before ``build``.
+        unsupported: ``unsupported(task, options) -> reason | None``; the planner drops the cell.
+        error_cases: hyperparameters that must raise, for the contract tests.
+    """
+
+    name: str
+    description: str
+    hparams: type[HParams]
+    build: Callable[[nn.Module, Any], LearningRule]
+    search_space: Mapping[str, BaseDistribution] = field(default_factory=dict)
+    reference: str = ""
+    track: Literal["tuned", "self_tuning"] = "tuned"
+    prepare: Callable[[nn.Module, torch.Generator, Any], nn.Module] | None = None
+    unsupported: Callable[[TaskInfo, Any], str | None] = always_supported
+    error_cases: tuple[ErrorCase, ...] = ()
+
+    def defaults(self) -> dict[str, Any]:
+        return self.hparams().model_dump(mode="json")

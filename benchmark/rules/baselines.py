@@ -1,0 +1,86 @@
+"""The baselines, bound from torch.optim (no re-implementation): ``sgd`` and ``adamw``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import torch
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from pydantic import Field
+from torch import nn
+
+from benchmark.rules.base import ErrorCase, HParams, OptimizerRule, RuleInfo
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+UnitFloat = Annotated[float, Field(ge=0, lt=1)]
+
+
+class SGDHParams(HParams):
+    lr: PositiveFloat = 0.05
+    momentum: UnitFloat = 0.9
+    dampening: UnitFloat = 0.0
+    weight_decay: NonNegativeFloat = 0.0
+    nesterov: bool = False
+
+
+def build_sgd(model: nn.Module, hp: SGDHParams) -> OptimizerRule:
+    return OptimizerRule(
+        torch.optim.SGD(
+            model.parameters(),
+            lr=hp.lr,
+            momentum=hp.momentum,
+            dampening=hp.dampening,
+            weight_decay=hp.weight_decay,
+            nesterov=hp.nesterov,
+        )
+    )
+
+
+class AdamWHParams(HParams):
+    lr: PositiveFloat = 1e-3
+    betas: tuple[UnitFloat, UnitFloat] = (0.9, 0.999)
+    eps: PositiveFloat = 1e-8
+    weight_decay: NonNegativeFloat = 0.01
+
+
+def build_adamw(model: nn.Module, hp: AdamWHParams) -> OptimizerRule:
+    return OptimizerRule(
+        torch.optim.AdamW(
+            model.parameters(), lr=hp.lr, betas=hp.betas, eps=hp.eps, weight_decay=hp.weight_decay
+        )
+    )
+
+
+SGD = RuleInfo(
+    name="sgd",
+    description="Stochastic gradient descent with heavy-ball momentum (torch.optim.SGD).",
+    hparams=SGDHParams,
+    build=build_sgd,
+    search_space={
+        "lr": FloatDistribution(1e-4, 1.0, log=True),
+        "momentum": CategoricalDistribution([0.0, 0.9]),
+        "weight_decay": FloatDistribution(1e-6, 1e-2, log=True),
+    },
+    reference="https://pytorch.org/docs/stable/generated/torch.optim.SGD.html",
+    error_cases=(
+        ErrorCase({"lr": -0.1}, r"lr: expected greater than 0"),
+        ErrorCase({"momentum": 1.5}, r"momentum: expected less than 1"),
+    ),
+)
+
+ADAMW = RuleInfo(
+    name="adamw",
+    description="Adam with decoupled weight decay (torch.optim.AdamW).",
+    hparams=AdamWHParams,
+    build=build_adamw,
+    search_space={
+        "lr": FloatDistribution(1e-5, 1e-1, log=True),
+        "weight_decay": FloatDistribution(1e-6, 1e-1, log=True),
+    },
+    reference="https://arxiv.org/abs/1711.05101",
+    error_cases=(
+        ErrorCase({"lr": 0}, r"lr: expected greater than 0"),
+        ErrorCase({"betas": [0.9]}, r"betas"),
+    ),
+)

@@ -1,0 +1,184 @@
+"""Suite files and run specifications: their structure, validation and identity.
+
+A suite YAML names tasks (with options), learning rules (with hyperparameters, optionally swept),
+seeds and a budget. :func:`load_suite` checks its *structure*; :mod:`benchmark.plan` resolves the
+names against the registries and expands the grid into :class:`RunSpec` s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictInt, ValidationError
+
+from benchmark.errors import SpecError, SpecErrors
+
+SUITE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Budget(_Frozen):
+    """How long each run trains and how often it is evaluated (in optimizer steps)."""
+
+    steps: Annotated[StrictInt, Field(gt=0)]
+    eval_every: Annotated[StrictInt, Field(gt=0)] | None = None
+
+
+class TaskEntry(_Frozen):
+    """A task of the suite, with its options; ``budget`` overrides the suite's for this task."""
+
+    name: str
+    options: dict[str, JsonValue] = {}
+    budget: Budget | None = None
+
+
+class RuleEntry(_Frozen):
+    """A learning rule of the suite.
+
+    ``hparams`` fixes hyperparameters; ``sweep`` lists values to try, and the grid takes their
+    Cartesian product, so ``sweep: {lr: [0.01, 0.1]}`` gives two cells per task and seed.
+    """
+
+    name: str
+    hparams: dict[str, JsonValue] = {}
+    sweep: dict[str, Annotated[list[JsonValue], Field(min_length=1)]] = {}
+
+
+class Suite(_Frozen):
+    """A whole suite file: the grid is tasks × rules (× sweeps) × seeds."""
+
+    name: Annotated[str, Field(pattern=SUITE_NAME_PATTERN)]
+    description: str = ""
+    tasks: Annotated[list[TaskEntry], Field(min_length=1)]
+    rules: Annotated[list[RuleEntry], Field(min_length=1)]
+    seeds: Annotated[list[Annotated[StrictInt, Field(ge=0)]], Field(min_length=1)]
+    budget: Budget
+
+
+class RunSpec(_Frozen):
+    """One cell of the grid, fully resolved: defaults are filled in, so equal runs hash equal."""
+
+    suite: str
+    task: str
+    task_options: dict[str, JsonValue]
+    rule: str
+    hparams: dict[str, JsonValue]
+    seed: int
+    budget: Budget
+    code_version: str = ""
+    shown: tuple[str, ...] | None = None
+    """Hyperparameters to show in the display name (the suite's explicit ones); None shows all."""
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that changes the run's result (the code version is recorded, not hashed)."""
+        return self.model_dump(mode="json", exclude={"suite", "code_version", "shown"})
+
+    @property
+    def run_id(self) -> str:
+        """Stable content hash of :meth:`identity`: the run's name everywhere."""
+        return content_hash(self.identity())
+
+    @property
+    def rule_display(self) -> str:
+        """benchopt-style display name, e.g. ``sgd[lr=0.1,momentum=0.9]``."""
+        shown = self.hparams if self.shown is None else {k: self.hparams[k] for k in self.shown}
+        return display_name(self.rule, shown)
+
+    @property
+    def eval_every(self) -> int:
+        if self.budget.eval_every is None:
+            raise ValueError("a planned RunSpec always has budget.eval_every")
+        return self.budget.eval_every
+
+
+def content_hash(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def display_name(name: str, params: Mapping[str, Any]) -> str:
+    if not params:
+        return name
+    inner = ",".join(f"{k}={_compact(v)}" for k, v in sorted(params.items()))
+    return f"{name}[{inner}]"
+
+
+def _compact(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | tuple):
+        return "(" + ",".join(_compact(v) for v in value) + ")"
+    return str(value)
+
+
+def field_path(loc: tuple[int | str, ...] | list[int | str]) -> str:
+    """Pydantic's ``("rules", 1, "hparams", "lr")`` as ``rules[1].hparams.lr``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def errors_from_validation(
+    exc: ValidationError, path: str | Path, prefix: tuple[int | str, ...] = ()
+) -> SpecErrors:
+    """Turn pydantic's errors into ours, each naming the file and the field."""
+    errors = []
+    for err in exc.errors():
+        loc = prefix + tuple(err["loc"])
+        expected = _expected_text(err)
+        got = err.get("input")
+        if err["type"] == "missing":
+            got = None
+        errors.append(SpecError(path, field_path(loc), expected, got))
+    return SpecErrors(errors)
+
+
+def _expected_text(err: Mapping[str, Any]) -> str:
+    kind = err["type"]
+    if kind == "missing":
+        return "a value (the field is required)"
+    if kind == "extra_forbidden":
+        return "no such field"
+    msg = str(err["msg"])
+    for lead in ("Input should be ", "Value error, "):
+        if msg.startswith(lead):
+            msg = msg[len(lead) :]
+    return msg
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read and structurally validate a suite file.
+
+    Raises:
+        SpecError: the file is missing, is not YAML, or does not have a suite's structure.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(path, "", "an existing suite file (YAML)", "no such file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(path, where, "well-formed YAML", problem) from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(path, "", "a UTF-8 text file", str(exc)) from None
+    if not isinstance(raw, dict):
+        raise SpecError(path, "", "a mapping with name, tasks, rules, seeds and budget", type(raw).__name__)
+    try:
+        return Suite.model_validate(raw)
+    except ValidationError as exc:
+        raise errors_from_validation(exc, path) from None

@@ -1,0 +1,202 @@
+"""The Parquet results: one file per run, named by its hash, plus a long curves table.
+
+Layout under the results folder::
+
+    <results>/<suite>/runs/<run_id>.parquet     one row: identity, status, final metrics, curve, provenance
+    <results>/<suite>/curves/<run_id>.parquet   long table: run_id, step, train_time_s, key, value
+
+Each file is written to a hidden temporary name in the same folder, flushed, then renamed over its
+final name, so a reader never sees half a file, a kill leaves only a hidden temporary (which readers
+skip), and concurrent writers of different runs cannot touch each other's files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from benchmark.provenance import git_commit, package_version
+from benchmark.spec import RunSpec
+from benchmark.train import RunResult
+
+COMPLETED = ("ok", "diverged")
+"""Statuses that count as done: such a run is skipped on the next invocation (unless --rerun)."""
+
+METRICS = pa.map_(pa.string(), pa.float64())
+CURVE_POINT = pa.struct(
+    [("step", pa.int64()), ("train_time_s", pa.float64()), ("metrics", METRICS)]
+)
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+RUN_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("suite", pa.string()),
+        ("task", pa.string()),
+        ("task_options_json", pa.string()),
+        ("rule", pa.string()),
+        ("rule_display", pa.string()),
+        ("hparams_json", pa.string()),
+        ("seed", pa.int64()),
+        ("budget_steps", pa.int64()),
+        ("eval_every", pa.int64()),
+        ("target_metric", pa.string()),
+        ("target_value", pa.float64()),
+        ("target_mode", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("steps", pa.int64()),
+        ("final", METRICS),
+        ("curve", pa.list_(CURVE_POINT)),
+        ("train_time_s", pa.float64()),
+        ("wall_time_s", pa.float64()),
+        ("package_version", pa.string()),
+        ("code_version", pa.string()),
+        ("git_commit", pa.string()),
+        ("code_dirty", pa.bool_()),
+        ("torch_version", pa.string()),
+        ("cuda_version", pa.string()),
+        ("device_name", pa.string()),
+        ("hostname", pa.string()),
+        ("started_at", TIMESTAMP),
+        ("finished_at", TIMESTAMP),
+    ]
+)
+
+CURVE_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("step", pa.int64()),
+        ("train_time_s", pa.float64()),
+        ("key", pa.string()),
+        ("value", pa.float64()),
+    ]
+)
+
+
+def suite_dir(results: Path, suite: str) -> Path:
+    return Path(results) / suite
+
+
+def runs_dir(results: Path, suite: str) -> Path:
+    return suite_dir(results, suite) / "runs"
+
+
+def curves_dir(results: Path, suite: str) -> Path:
+    return suite_dir(results, suite) / "curves"
+
+
+def run_row(spec: RunSpec, result: RunResult) -> dict[str, Any]:
+    """The run's row in :data:`RUN_SCHEMA`."""
+    commit, dirty = git_commit()
+    return {
+        "run_id": spec.run_id,
+        "suite": spec.suite,
+        "task": spec.task,
+        "task_options_json": json.dumps(spec.task_options, sort_keys=True),
+        "rule": spec.rule,
+        "rule_display": spec.rule_display,
+        "hparams_json": json.dumps(spec.hparams, sort_keys=True),
+        "seed": spec.seed,
+        "budget_steps": spec.budget.steps,
+        "eval_every": spec.eval_every,
+        "target_metric": result.target[0],
+        "target_value": result.target[1],
+        "target_mode": result.target[2],
+        "status": result.status,
+        "error": result.error,
+        "steps": result.steps,
+        "final": list(result.final.items()),
+        "curve": [
+            {"step": p.step, "train_time_s": p.train_time_s, "metrics": list(p.metrics.items())}
+            for p in result.curve
+        ],
+        "train_time_s": result.train_time_s,
+        "wall_time_s": result.wall_time_s,
+        "package_version": package_version(),
+        "code_version": spec.code_version,
+        "git_commit": commit,
+        "code_dirty": dirty,
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda or "",
+        "device_name": result.device,
+        "hostname": socket.gethostname(),
+        "started_at": result.started_at,
+        "finished_at": result.finished_at,
+    }
+
+
+def curve_rows(run_id: str, result: RunResult) -> dict[str, list[Any]]:
+    columns: dict[str, list[Any]] = {name: [] for name in CURVE_SCHEMA.names}
+    for point in result.curve:
+        for key, value in point.metrics.items():
+            columns["run_id"].append(run_id)
+            columns["step"].append(point.step)
+            columns["train_time_s"].append(point.train_time_s)
+            columns["key"].append(key)
+            columns["value"].append(value)
+    return columns
+
+
+def write_run(results: Path, spec: RunSpec, result: RunResult) -> Path:
+    """Write the run's curves, then its row, each atomically. Returns the row's path."""
+    curves = pa.Table.from_pydict(curve_rows(spec.run_id, result), schema=CURVE_SCHEMA)
+    _write_atomic(curves, curves_dir(results, spec.suite) / f"{spec.run_id}.parquet")
+    row = pa.Table.from_pylist([run_row(spec, result)], schema=RUN_SCHEMA)
+    return _write_atomic(row, runs_dir(results, spec.suite) / f"{spec.run_id}.parquet")
+
+
+def _write_atomic(table: pa.Table, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.stem}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(tmp, "wb") as fh:
+            pq.write_table(table, fh, compression="zstd")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _data_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith((".", "_")))
+
+
+def read_runs(results: Path, suite: str) -> pa.Table:
+    """Every run row of ``suite`` (an empty table with :data:`RUN_SCHEMA` when there is none)."""
+    return _read(_data_files(runs_dir(results, suite)), RUN_SCHEMA)
+
+
+def read_curves(results: Path, suite: str, run_ids: Iterable[str] | None = None) -> pa.Table:
+    folder = curves_dir(results, suite)
+    files = (
+        _data_files(folder)
+        if run_ids is None
+        else [p for p in (folder / f"{r}.parquet" for r in run_ids) if p.is_file()]
+    )
+    return _read(files, CURVE_SCHEMA)
+
+
+def _read(files: list[Path], schema: pa.Schema) -> pa.Table:
+    if not files:
+        return schema.empty_table()
+    return pa.concat_tables(pq.read_table(f, schema=schema) for f in files)
+
+
+def done_ids(results: Path, suite: str) -> set[str]:
+    """Run ids of ``suite`` that already have a completed (ok or diverged) row."""
+    table = read_runs(results, suite).select(["run_id", "status"]).to_pylist()
+    return {row["run_id"] for row in table if row["status"] in COMPLETED}

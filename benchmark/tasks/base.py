@@ -1,0 +1,157 @@
+"""What a task is: its registry entry, its data protocol and the shared pieces of small tasks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+from benchmark.types import Batch, LossFn
+
+
+class TaskOptions(BaseModel):
+    """Base of every task's options model: frozen, and unknown names are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A score to reach, for time-to-target scoring: ``metric`` reaches ``value`` going ``mode``."""
+
+    metric: str
+    value: float
+    mode: Literal["max", "min"] = "max"
+
+    def reached(self, value: float) -> bool:
+        return value >= self.value if self.mode == "max" else value <= self.value
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """What one run of the task needs; ``gpus`` applies only where the cluster has GPUs."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+    ddp_workers: int = 0
+
+
+class TaskData:
+    """A task's data on the run's device: an endless stream of training batches and an evaluation."""
+
+    def train_batches(self, generator: torch.Generator) -> Iterator[Batch]:
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
+        raise NotImplementedError
+
+    def finalize(self, model: nn.Module) -> dict[str, float]:
+        """Metrics measured once, after training (e.g. accuracy after pruning). None by default."""
+        return {}
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInfo:
+    """A task's registry entry.
+
+    Attributes:
+        name: registry key, ``<data>_<model>``.
+        description: one line for ``synapsebench list``.
+        options: the frozen pydantic model of its options (defaults: the suite-scale setting).
+        test_options: a tiny setting that runs in seconds on a CPU, for CI.
+        build_model: ``build_model(options, generator) -> nn.Module`` (cheap: the planner may call it).
+        load_data: ``load_data(options, device) -> TaskData``.
+        loss: ``loss(output, target) -> scalar``.
+        metrics: the evaluation metrics it reports.
+        target: the score that counts as solved, and its source.
+        eval_every: default steps between evaluations, when the suite's budget leaves it open.
+        resources: what one run needs.
+        reference: where the setting comes from.
+    """
+
+    name: str
+    description: str
+    options: type[TaskOptions]
+    test_options: Mapping[str, Any]
+    build_model: Callable[[Any, torch.Generator], nn.Module]
+    load_data: Callable[[Any, torch.device], TaskData]
+    loss: LossFn
+    metrics: tuple[str, ...]
+    target: Target
+    eval_every: int
+    resources: Resources = Resources()
+    reference: str = ""
+
+    def defaults(self) -> dict[str, Any]:
+        return self.options().model_dump(mode="json")
+
+
+def seeded_build(generator: torch.Generator, build: Callable[[], nn.Module]) -> nn.Module:
+    """Run a module constructor (which draws from torch's global RNG) on a seed from ``generator``."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def mlp(sizes: list[int], activation: type[nn.Module] = nn.ReLU, bias: bool = True) -> nn.Sequential:
+    """A plain multi-layer perceptron ``sizes[0] -> ... -> sizes[-1]``."""
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(fan_in, fan_out, bias=bias))
+        if i < len(sizes) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+class TensorClassification(TaskData):
+    """A small classification data set held on the device as tensors; no DataLoader.
+
+    Batches are drawn epoch by epoch without replacement, in an order set by the data stream.
+    """
+
+    def __init__(
+        self,
+        train: tuple[Tensor, Tensor],
+        test: tuple[Tensor, Tensor],
+        batch_size: int,
+        device: torch.device,
+    ) -> None:
+        self.train_x, self.train_y = (t.to(device) for t in train)
+        self.test_x, self.test_y = (t.to(device) for t in test)
+        self.batch_size = min(batch_size, len(self.train_x))
+        self.device = device
+
+    def train_batches(self, generator: torch.Generator) -> Iterator[Batch]:
+        n = len(self.train_x)
+        while True:
+            order = torch.randperm(n, generator=generator).to(self.device)
+            for start in range(0, n - self.batch_size + 1, self.batch_size):
+                idx = order[start : start + self.batch_size]
+                yield self.train_x[idx], self.train_y[idx]
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        train_loss = nn.functional.cross_entropy(model(self.train_x), self.train_y)
+        logits = model(self.test_x)
+        test_loss = nn.functional.cross_entropy(logits, self.test_y)
+        accuracy = (logits.argmax(dim=1) == self.test_y).float().mean()
+        model.train(was_training)
+        return {
+            "train/loss": float(train_loss),
+            "test/loss": float(test_loss),
+            "test/accuracy": float(accuracy),
+        }
+
+
+CLASSIFICATION_METRICS = ("train/loss", "test/loss", "test/accuracy")
+
+
+def cross_entropy(output: Tensor, target: Tensor) -> Tensor:
+    return nn.functional.cross_entropy(output, target)

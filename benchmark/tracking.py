@@ -1,0 +1,198 @@
+"""MLflow tracking: one parent run per suite invocation, one child run per RunSpec.
+
+Runs are keyed by their content hash (tag ``synapsebench.run_id``): a run left RUNNING by a killed
+invocation is deleted and started afresh on resume, so every cell has exactly one live MLflow run.
+Tracking never stops a benchmark: if the store cannot be reached, a warning says so once and the
+runs still complete and still reach Parquet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from benchmark.spec import RunSpec
+
+RUN_ID_TAG = "synapsebench.run_id"
+SUITE_TAG = "synapsebench.suite"
+KIND_TAG = "synapsebench.kind"
+CODE_TAG = "synapsebench.code_version"
+STATUS_TAG = "synapsebench.status"
+
+T = TypeVar("T")
+
+
+class TrackingWarning(UserWarning):
+    """The tracking store could not be reached; results still go to Parquet."""
+
+
+def default_tracking_uri(results: Path) -> str:
+    """The embedded default: a SQLite file under the results folder."""
+    return f"sqlite:///{Path(results).resolve() / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(explicit: str | None, results: Path) -> str:
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(results)
+
+
+def spec_params(spec: RunSpec) -> dict[str, str]:
+    params = {
+        "task": spec.task,
+        "rule": spec.rule,
+        "seed": str(spec.seed),
+        "budget.steps": str(spec.budget.steps),
+        "budget.eval_every": str(spec.eval_every),
+    }
+    params.update({f"task.{k}": json.dumps(v) for k, v in spec.task_options.items()})
+    params.update({f"hparams.{k}": json.dumps(v) for k, v in spec.hparams.items()})
+    return params
+
+
+class Tracker:
+    """MLflow adapter used by the driver; every method is a no-op once tracking is disabled."""
+
+    def __init__(self, uri: str, experiment: str) -> None:
+        self.uri = uri
+        self.experiment = experiment
+        self.enabled = True
+        self.parent_id: str | None = None
+        self._children: dict[str, str] = {}
+        self._client: Any = None
+        self._experiment_id: str | None = None
+        if uri.startswith(("http://", "https://")) and not _reachable(uri):
+            self._disable(f"MLflow tracking server {uri} is unreachable")
+            return
+        self._guard(self._connect)
+
+    def _connect(self) -> None:
+        # Fail fast on an unreachable server instead of MLflow's long retry loop.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        from mlflow.tracking import MlflowClient
+
+        self._client = MlflowClient(tracking_uri=self.uri)
+        exp = self._client.get_experiment_by_name(self.experiment)
+        self._experiment_id = (
+            exp.experiment_id if exp is not None else self._client.create_experiment(self.experiment)
+        )
+
+    def _disable(self, why: str) -> None:
+        if self.enabled:
+            warnings.warn(
+                f"{why}; runs continue and results still land in Parquet, but are not tracked",
+                TrackingWarning,
+                stacklevel=3,
+            )
+        self.enabled = False
+
+    def _guard(self, fn: Callable[[], T]) -> T | None:
+        if not self.enabled:
+            return None
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - any tracking failure must not stop the benchmark
+            self._disable(f"MLflow tracking at {self.uri} failed ({type(exc).__name__}: {exc})")
+            return None
+
+    def start_suite(self, suite: str, total: int, code_version: str) -> None:
+        def start() -> None:
+            run = self._client.create_run(
+                self._experiment_id,
+                run_name=f"{suite} @ {time.strftime('%Y-%m-%d %H:%M:%S')}",
+                tags={KIND_TAG: "suite", SUITE_TAG: suite, CODE_TAG: code_version},
+            )
+            self.parent_id = run.info.run_id
+            self._client.log_param(self.parent_id, "runs_pending", total)
+
+        self._guard(start)
+
+    def start_run(self, spec: RunSpec) -> None:
+        def start() -> None:
+            self._close_stale(spec.run_id)
+            tags = {
+                RUN_ID_TAG: spec.run_id,
+                SUITE_TAG: spec.suite,
+                CODE_TAG: spec.code_version,
+                KIND_TAG: "run",
+            }
+            if self.parent_id is not None:
+                tags["mlflow.parentRunId"] = self.parent_id
+            run = self._client.create_run(
+                self._experiment_id,
+                run_name=f"{spec.task}/{spec.rule_display}/seed={spec.seed}",
+                tags=tags,
+            )
+            self._children[spec.run_id] = run.info.run_id
+            from mlflow.entities import Param
+
+            params = [Param(k, v[:6000]) for k, v in spec_params(spec).items()]
+            self._client.log_batch(run.info.run_id, params=params)
+
+        self._guard(start)
+
+    def _close_stale(self, run_id: str) -> None:
+        """Delete earlier MLflow runs of this cell that never finished (a killed invocation)."""
+        stale = self._client.search_runs(
+            [self._experiment_id], filter_string=f"tags.`{RUN_ID_TAG}` = '{run_id}'"
+        )
+        for run in stale:
+            if run.info.status != "FINISHED" or run.data.tags.get(STATUS_TAG) == "failed":
+                self._client.delete_run(run.info.run_id)
+
+    def log_metrics(self, run_id: str, step: int, metrics: Mapping[str, float]) -> None:
+        child = self._children.get(run_id)
+        if child is None:
+            return
+
+        def log() -> None:
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+            self._client.log_batch(child, metrics=batch)
+
+        self._guard(log)
+
+    def end_run(self, run_id: str, status: str) -> None:
+        child = self._children.pop(run_id, None)
+        if child is None:
+            return
+
+        def end() -> None:
+            self._client.set_tag(child, STATUS_TAG, status)
+            self._client.set_terminated(child, "FAILED" if status == "failed" else "FINISHED")
+
+        self._guard(end)
+
+    def log_artifact(self, run_id: str, path: Path) -> None:
+        child = self._children.get(run_id)
+        if child is not None:
+            self._guard(lambda: self._client.log_artifact(child, str(path)))
+
+    def end_suite(self, failed: int) -> None:
+        for run_id in list(self._children):
+            self.end_run(run_id, "failed")
+        if self.parent_id is None:
+            return
+        parent = self.parent_id
+
+        def end() -> None:
+            self._client.log_param(parent, "runs_failed", failed)
+            self._client.set_terminated(parent, "FAILED" if failed else "FINISHED")
+
+        self._guard(end)
+
+
+def _reachable(uri: str, timeout: float = 3.0) -> bool:
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+            return bool(resp.status < 500)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
