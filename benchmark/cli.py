@@ -44,9 +44,13 @@ def _parser() -> argparse.ArgumentParser:
         "--tracking-uri",
         help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite under --results)",
     )
-    run.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results folder (default: leaderboards)")
+    run.add_argument(
+        "--results", type=Path, default=DEFAULT_RESULTS, help="results folder (default: leaderboards)"
+    )
     run.add_argument("--rerun", action="store_true", help="run again the cells that already have a result")
-    run.add_argument("--dry-run", action="store_true", help="validate and print the grid; run and write nothing")
+    run.add_argument(
+        "--dry-run", action="store_true", help="validate and print the grid; run and write nothing"
+    )
     run.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
     run.add_argument("--max-failures", type=int, default=1, help="retries of a failed run (default: 1)")
     run.set_defaults(command=cmd_run)
@@ -57,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
 
     board = sub.add_parser("leaderboard", help="build a suite's leaderboard from its stored runs")
     board.add_argument("suite", help="suite name or suite file")
-    board.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results folder (default: leaderboards)")
+    board.add_argument(
+        "--results", type=Path, default=DEFAULT_RESULTS, help="results folder (default: leaderboards)"
+    )
     board.set_defaults(command=cmd_leaderboard)
     return parser
 
@@ -103,7 +109,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if outcome.failed:
         print(f"{len(outcome.failed)} run(s) failed:", file=sys.stderr)
         for spec, error in outcome.failed:
-            print(f"  {spec.task} {spec.rule_display} seed={spec.seed} [{spec.run_id}]: {error}", file=sys.stderr)
+            print(
+                f"  {spec.task} {spec.rule_display} seed={spec.seed} [{spec.run_id}]: {error}",
+                file=sys.stderr,
+            )
         return ExitCode.RUNS_FAILED
     return ExitCode.OK
 
@@ -115,7 +124,10 @@ def _print_plan(plan: object, results: Path) -> int:
     done = store.done_ids(results, specs[0].suite) if specs else set()
     for spec in specs:
         state = "done" if spec.run_id in done else "todo"
-        print(f"{spec.run_id}  {state}  {spec.task}  {spec.rule_display}  seed={spec.seed}  steps={spec.budget.steps}")
+        print(
+            f"{spec.run_id}  {state}  {spec.task}  {spec.rule_display}  "
+            f"seed={spec.seed}  steps={spec.budget.steps}"
+        )
     print(f"{len(specs)} runs, {sum(s.run_id in done for s in specs)} already done", file=sys.stderr)
     return ExitCode.OK
 
@@ -162,9 +174,7 @@ def _write_board(suite: str, results: Path, required: bool = False) -> tuple[Pat
 
     runs = store.read_runs(results, suite)
     if runs.num_rows == 0 and required:
-        raise SpecError(
-            store.runs_dir(results, suite), "suite", f"stored runs of suite {suite!r}", "no runs"
-        )
+        raise SpecError(store.runs_dir(results, suite), "suite", f"stored runs of suite {suite!r}", "no runs")
     board = score_runs(runs)
     return write_leaderboard(store.suite_dir(results, suite), suite, board, runs.num_rows)
 

@@ -30,6 +30,10 @@ class SpecError(ValueError):
         got_text = "" if got is None else f" (got {_short_repr(got)})"
         super().__init__(f"{where}: expected {expected}{got_text}")
 
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        # Errors cross process boundaries (Ray workers), so they must copy and pickle.
+        return (type(self), (self.path, self.field, self.expected, self.got))
+
 
 class SpecErrors(SpecError):
     """Several :class:`SpecError` at once, so a user fixes a file in one pass."""
@@ -44,6 +48,9 @@ class SpecErrors(SpecError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        return (type(self), (self.errors,))
 
 
 def _short_repr(value: object, limit: int = 80) -> str:

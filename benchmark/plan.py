@@ -120,7 +120,12 @@ def _expand_hparams(
     for key in sweep:
         if key not in known:
             errors.append(
-                SpecError(path, f"rules[{j}].sweep.{key}", f"a hyperparameter of {info.name!r}: {', '.join(sorted(known))}", key)
+                SpecError(
+                    path,
+                    f"rules[{j}].sweep.{key}",
+                    f"a hyperparameter of {info.name!r}: {', '.join(sorted(known))}",
+                    key,
+                )
             )
         elif key in fixed:
             errors.append(SpecError(path, f"rules[{j}].sweep.{key}", "a name not also fixed in hparams", key))
@@ -137,7 +142,10 @@ def _expand_hparams(
                 name = err.field.rsplit(".", 1)[-1]
                 if err.expected == "no such field":
                     err = SpecError(
-                        path, err.field, f"a hyperparameter of {info.name!r}: {', '.join(sorted(known))}", name
+                        path,
+                        err.field,
+                        f"a hyperparameter of {info.name!r}: {', '.join(sorted(known))}",
+                        name,
                     )
                 elif name in combo:
                     err = SpecError(path, f"rules[{j}].sweep.{name}", err.expected, combo[name])

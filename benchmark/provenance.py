@@ -26,11 +26,20 @@ def git_commit() -> tuple[str, bool]:
     """(commit, dirty) of the source tree, or ("", False) outside a git checkout."""
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=PACKAGE_ROOT, capture_output=True, text=True, timeout=5, check=True
+            ["git", "rev-parse", "HEAD"],
+            cwd=PACKAGE_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
         status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no", "--", "benchmark"],
-            cwd=PACKAGE_ROOT, capture_output=True, text=True, timeout=5, check=True,
+            cwd=PACKAGE_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return "", False

@@ -36,6 +36,10 @@ class UnknownNameError(KeyError):
     def __str__(self) -> str:
         return self.message
 
+    def __reduce__(self) -> tuple[type, tuple[str, str, list[str]]]:
+        # Errors cross process boundaries (Ray workers), so they must copy and pickle.
+        return (type(self), (self.kind, self.name, self.known))
+
 
 class Registry(Generic[InfoT]):
     """Name → info table. Adding a name twice raises; lookups suggest close names."""

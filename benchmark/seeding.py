@@ -38,5 +38,5 @@ def derive_seeds(seed: int) -> Seeds:
 def seed_everything(seed: int) -> None:
     """Seed the global generators, for code that does not take an explicit generator."""
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - for third-party code that draws from the legacy global RNG
     torch.manual_seed(seed)

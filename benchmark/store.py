@@ -32,9 +32,7 @@ COMPLETED = ("ok", "diverged")
 """Statuses that count as done: such a run is skipped on the next invocation (unless --rerun)."""
 
 METRICS = pa.map_(pa.string(), pa.float64())
-CURVE_POINT = pa.struct(
-    [("step", pa.int64()), ("train_time_s", pa.float64()), ("metrics", METRICS)]
-)
+CURVE_POINT = pa.struct([("step", pa.int64()), ("train_time_s", pa.float64()), ("metrics", METRICS)])
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 
 RUN_SCHEMA = pa.schema(

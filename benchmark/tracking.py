@@ -145,6 +145,29 @@ class Tracker:
         for run in stale:
             if run.info.status != "FINISHED" or run.data.tags.get(STATUS_TAG) == "failed":
                 self._client.delete_run(run.info.run_id)
+            elif run.data.tags.get(STATUS_TAG) in ("ok", "diverged"):
+                # --rerun: the new result replaces the old one in the store, and here too.
+                self._client.delete_run(run.info.run_id)
+
+    def backfill(self, spec: RunSpec, row: Mapping[str, Any]) -> None:
+        """Make sure a run already in the store has one finished MLflow run.
+
+        A driver killed after a worker wrote its Parquet file never closed the MLflow run; that
+        run is replaced by one rebuilt from the store, so MLflow and Parquet agree.
+        """
+
+        def fill() -> None:
+            found = self._client.search_runs(
+                [self._experiment_id], filter_string=f"tags.`{RUN_ID_TAG}` = '{spec.run_id}'"
+            )
+            if any(r.info.status == "FINISHED" and r.data.tags.get(STATUS_TAG) == row["status"] for r in found):
+                return
+            self.start_run(spec)
+            for point in row["curve"] or []:
+                self.log_metrics(spec.run_id, int(point["step"]), dict(point["metrics"] or {}))
+            self.end_run(spec.run_id, str(row["status"]))
+
+        self._guard(fill)
 
     def log_metrics(self, run_id: str, step: int, metrics: Mapping[str, float]) -> None:
         child = self._children.get(run_id)

@@ -84,7 +84,7 @@ def failed_result(spec: RunSpec, error: str) -> train.RunResult:
 class Progress:
     """One line per finished run: done of total, failures, elapsed and estimated time left."""
 
-    def __init__(self, total: int, stream: TextIO = sys.stderr) -> None:
+    def __init__(self, total: int, stream: TextIO) -> None:
         self.total = total
         self.finished = 0
         self.failed = 0
@@ -105,7 +105,7 @@ class Progress:
 
 
 def _clock(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
+    m, s = divmod(round(seconds), 60)
     return f"{m // 60}:{m % 60:02d}:{s:02d}"
 
 
@@ -116,6 +116,11 @@ class _GridCallback(tune.Callback):
         self.outcome = outcome
         self.progress = progress
         self._started: set[str] = set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks into the experiment state; ours live only in this driver
+        # (resume is by content hash, not Tune restore), so nothing of them needs saving.
+        return {}
 
     @staticmethod
     def _spec(trial: Any) -> RunSpec:
@@ -180,9 +185,10 @@ def run_grid(
     *,
     rerun: bool = False,
     max_failures: int = 1,
-    stream: TextIO = sys.stderr,
+    stream: TextIO | None = None,
 ) -> GridOutcome:
     """Run every pending spec as a Ray Tune trial; Ray must already be connected."""
+    stream = stream or sys.stderr
     results = Path(results).resolve()
     todo = pending_specs(specs, results, rerun)
     outcome = GridOutcome(total=len(specs), skipped=len(specs) - len(todo))
@@ -192,6 +198,7 @@ def run_grid(
         file=stream,
         flush=True,
     )
+    _backfill_tracking(specs, todo, results, tracker)
     if not todo:
         return outcome
     suite = todo[0].suite
@@ -201,9 +208,7 @@ def run_grid(
     callback = _GridCallback(tracker, results, outcome, progress)
     scratch = Path(tempfile.mkdtemp(prefix="sb_tune_"))
     try:
-        trainable = tune.with_resources(
-            _trainable, lambda config: resources(by_id[_config_run_id(config)])
-        )
+        trainable = tune.with_resources(_trainable, lambda config: resources(by_id[_config_run_id(config)]))
         tuner = tune.Tuner(
             trainable,
             param_space={
@@ -228,6 +233,24 @@ def run_grid(
         shutil.rmtree(scratch, ignore_errors=True)
     tracker.end_suite(failed=len(outcome.failed))
     return outcome
+
+
+def _backfill_tracking(
+    specs: Sequence[RunSpec], todo: Sequence[RunSpec], results: Path, tracker: Tracker
+) -> None:
+    """Runs done in the store but never closed in MLflow (the driver was killed) get their run."""
+    pending = {s.run_id for s in todo}
+    done = [s for s in specs if s.run_id not in pending]
+    if not done or not tracker.enabled:
+        return
+    rows = {
+        r["run_id"]: r
+        for suite in {s.suite for s in done}
+        for r in store.read_runs(results, suite).to_pylist()
+    }
+    for spec in done:
+        if spec.run_id in rows:
+            tracker.backfill(spec, rows[spec.run_id])
 
 
 def _config_run_id(config: dict[str, Any]) -> str:

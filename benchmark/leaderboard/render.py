@@ -34,7 +34,8 @@ def render_markdown(suite: str, board: pd.DataFrame, n_runs: int) -> str:
             "",
             f"Metric: `{first['metric']}` ({direction}); target {_fmt(first['target'])}.",
             "",
-            "| rank | rule | mean | 95% CI | seeds | diverged | failed | reached target | steps to target | train s |",
+            "| rank | rule | mean | 95% CI | seeds | diverged | failed | reached target "
+            "| steps to target | train s |",
             "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|",
         ]
         for _, r in rows.iterrows():

@@ -91,9 +91,7 @@ def score_runs(runs: pa.Table) -> pd.DataFrame:
             metric, mode, target = first["target_metric"], first["target_mode"], first["target_value"]
         for display, group in task_runs.groupby("rule_display", sort=True):
             ok = group[group["status"] != "failed"]
-            values = np.array(
-                [float((f or {}).get(metric, math.nan)) for f in ok["final"]], dtype=float
-            )
+            values = np.array([float((f or {}).get(metric, math.nan)) for f in ok["final"]], dtype=float)
             finite = values[np.isfinite(values)]
             low, high = bootstrap_ci(values)
             reach = ok.apply(_to_target, axis=1, result_type="expand") if not ok.empty else None
@@ -111,7 +109,7 @@ def score_runs(runs: pa.Table) -> pd.DataFrame:
                     "ci_low": low,
                     "ci_high": high,
                     "std": float(finite.std(ddof=1)) if len(finite) > 1 else math.nan,
-                    "n_seeds": int(len(ok)),
+                    "n_seeds": len(ok),
                     "n_diverged": int((ok["status"] == "diverged").sum()),
                     "n_failed": int((group["status"] == "failed").sum()),
                     "target": float(target),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -101,7 +102,7 @@ def seeded_build(generator: torch.Generator, build: Callable[[], nn.Module]) -> 
 def mlp(sizes: list[int], activation: type[nn.Module] = nn.ReLU, bias: bool = True) -> nn.Sequential:
     """A plain multi-layer perceptron ``sizes[0] -> ... -> sizes[-1]``."""
     layers: list[nn.Module] = []
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(fan_in, fan_out, bias=bias))
         if i < len(sizes) - 2:
             layers.append(activation())

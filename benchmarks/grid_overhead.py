@@ -1,0 +1,56 @@
+"""Is Ray worth it on this machine? The smoke suite through ``synapsebench run`` against the same
+RunSpecs trained one after another in one process by ``train.run``.
+
+Both sides start from a fresh Python process, so both pay their imports; the CLI side also pays Ray's
+start-up, worker imports and MLflow tracking. Prints both wall times and their ratio (CLI ÷ sequential):
+below 1, the grid's parallelism outweighs its overhead. The aim on 2 cores is 0.75 or less.
+
+    .venv/bin/python benchmarks/grid_overhead.py [--suite suites/smoke.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SEQUENTIAL = """
+import sys
+from benchmark import train
+from benchmark.plan import expand
+from benchmark.spec import load_suite
+path = sys.argv[1]
+for spec in expand(load_suite(path), path).specs:
+    result = train.run(spec)
+    assert result.status == "ok", (spec, result.status)
+"""
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", default="suites/smoke.yaml")
+    args = parser.parse_args()
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    with tempfile.TemporaryDirectory(prefix="sb_bench_") as tmp:
+        cli = [sys.executable, "-m", "benchmark", "run", args.suite, "--results", str(Path(tmp) / "r")]
+        grid_s = timed(cli, env)
+    sequential_s = timed([sys.executable, "-c", SEQUENTIAL, args.suite], env)
+    print(f"suite:                    {args.suite}")
+    print(f"cores:                    {os.cpu_count()}")
+    print(f"synapsebench run (Ray):   {grid_s:7.1f} s")
+    print(f"train.run, one by one:    {sequential_s:7.1f} s")
+    print(f"ratio (Ray / sequential): {grid_s / sequential_s:7.2f}   (aim: <= 0.75)")
+
+
+if __name__ == "__main__":
+    main()
