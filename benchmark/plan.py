@@ -59,7 +59,7 @@ def expand(suite: Suite, path: str | Path, code_version: str = "") -> Plan:
             continue
         budget = entry.budget or suite.budget
         eval_every = min(budget.eval_every or info.eval_every, budget.steps)
-        tasks.append((info, options, Budget(steps=budget.steps, eval_every=eval_every)))
+        tasks.append((info, options, budget.model_copy(update={"eval_every": eval_every})))
 
     rules: list[tuple[Any, list[Any]]] = []
     entry_keys: dict[str, set[str]] = {}

@@ -30,6 +30,8 @@ class Budget(_Frozen):
 
     steps: Annotated[StrictInt, Field(gt=0)]
     eval_every: Annotated[StrictInt, Field(gt=0)] | None = None
+    probe_every: Annotated[StrictInt, Field(gt=0)] | None = None
+    """Steps between implied-metric probes of the rule's update; off when None."""
 
 
 class TaskEntry(_Frozen):
@@ -78,8 +80,11 @@ class RunSpec(_Frozen):
     """Hyperparameters to show in the display name (the suite's explicit ones); None shows all."""
 
     def identity(self) -> dict[str, Any]:
-        """Everything that changes the run's result (the code version is recorded, not hashed)."""
-        return self.model_dump(mode="json", exclude={"suite", "code_version", "shown"})
+        """Everything that changes the run's result (the code version is recorded, not hashed).
+
+        Unset optional fields are left out, so adding one later keeps earlier runs' hashes.
+        """
+        return self.model_dump(mode="json", exclude={"suite", "code_version", "shown"}, exclude_none=True)
 
     @property
     def run_id(self) -> str:

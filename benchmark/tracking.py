@@ -160,7 +160,9 @@ class Tracker:
             found = self._client.search_runs(
                 [self._experiment_id], filter_string=f"tags.`{RUN_ID_TAG}` = '{spec.run_id}'"
             )
-            if any(r.info.status == "FINISHED" and r.data.tags.get(STATUS_TAG) == row["status"] for r in found):
+            if any(
+                r.info.status == "FINISHED" and r.data.tags.get(STATUS_TAG) == row["status"] for r in found
+            ):
                 return
             self.start_run(spec)
             for point in row["curve"] or []:

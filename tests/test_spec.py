@@ -37,7 +37,8 @@ def test_hash_changes_with_everything_that_changes_the_result() -> None:
 def test_defaults_written_out_or_left_implicit_hash_the_same(tmp_path: Path) -> None:
     implicit = write_suite(tmp_path / "a.yaml", **tiny_suite(rules=({"name": "sgd"},)))
     explicit = write_suite(
-        tmp_path / "b.yaml", **tiny_suite(rules=({"name": "sgd", "hparams": {"lr": 0.05, "nesterov": False}},))
+        tmp_path / "b.yaml",
+        **tiny_suite(rules=({"name": "sgd", "hparams": {"lr": 0.05, "nesterov": False}},)),
     )
     ids_a = [s.run_id for s in expand(load_suite(implicit), implicit).specs]
     ids_b = [s.run_id for s in expand(load_suite(explicit), explicit).specs]
@@ -54,7 +55,9 @@ def test_hash_is_stable_across_processes_and_releases() -> None:
     # Pinned: stored results from earlier releases must still be recognised as done.
     code = f"from benchmark.spec import RunSpec, Budget; print({PINNED_SPEC}.run_id)"
     ids = {
-        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.strip()
         for _ in range(2)
     }
     assert ids == {"71e3d86469f04320"}

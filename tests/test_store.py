@@ -30,7 +30,9 @@ def test_round_trip(tmp_path: Path, trained: tuple[RunSpec, train.RunResult]) ->
     assert (row["task"], row["rule"], row["seed"], row["status"]) == ("digits_mlp", "sgd", 0, "ok")
     assert dict(row["final"]) == result.final
     assert [p["step"] for p in row["curve"]] == [p.step for p in result.curve]
-    assert row["torch_version"] and row["hostname"] and row["package_version"]
+    assert row["torch_version"]
+    assert row["hostname"]
+    assert row["package_version"]
     assert row["target_metric"] == "test/accuracy"
     curves = store.read_curves(tmp_path, spec.suite).to_pylist()
     assert {(c["step"], c["key"]) for c in curves} >= {(0, "test/accuracy"), (20, "test/loss")}

@@ -99,7 +99,9 @@ def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert "no such file" in err
 
 
-def test_all_errors_of_a_file_are_reported_together(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_all_errors_of_a_file_are_reported_together(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     content = _suite(rules=[{"name": "sgdd"}, {"name": "adamw", "hparams": {"lr": 0}}])
     code, err = _run(write_suite(tmp_path / "two.yaml", **content), tmp_path / "r", capsys)
     assert code == 2

@@ -101,7 +101,9 @@ def test_error_cases_are_refused_with_their_message(name: str, case: Any) -> Non
 
 @pytest.mark.parametrize("name", RULE_NAMES, ids=RULE_NAMES)
 def test_unknown_hyperparameter_is_refused(name: str) -> None:
-    with pytest.raises(SpecError, match=rf"rules\[0\].hparams.not_a_hparam: expected a hyperparameter of '{name}'"):
+    with pytest.raises(
+        SpecError, match=rf"rules\[0\].hparams.not_a_hparam: expected a hyperparameter of '{name}'"
+    ):
         expand(_suite(name, {"not_a_hparam": 1}), Path("suite.yaml"))
 
 
@@ -121,5 +123,6 @@ def test_search_space_stays_inside_the_hyperparameters(name: str) -> None:
 @pytest.mark.parametrize("name", RULE_NAMES, ids=RULE_NAMES)
 def test_declares_what_list_shows(name: str) -> None:
     rule = RULES.get(name)
-    assert rule.description and rule.reference
+    assert rule.description
+    assert rule.reference
     assert rule.defaults() == rule.hparams().model_dump(mode="json")

@@ -42,13 +42,15 @@ def test_same_seed_same_initialisation_and_first_batch(name: str) -> None:
 
     data = info.load_data(options, torch.device("cpu"))
     first = [next(data.train_batches(torch.Generator().manual_seed(5))) for _ in range(2)]
-    assert torch.equal(first[0][0], first[1][0]) and torch.equal(first[0][1], first[1][1])
+    assert torch.equal(first[0][0], first[1][0])
+    assert torch.equal(first[0][1], first[1][1])
 
 
 @pytest.mark.parametrize("name", TASK_NAMES, ids=TASK_NAMES)
 def test_declares_what_the_planner_and_leaderboard_need(name: str) -> None:
-    info, options = _options(name)
-    assert info.description and info.reference
+    info, _ = _options(name)
+    assert info.description
+    assert info.reference
     assert info.eval_every > 0
     assert info.target.mode in ("max", "min")
     assert info.resources.cpus > 0
