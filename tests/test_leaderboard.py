@@ -1,0 +1,84 @@
+"""Leaderboards from the store: ranking, bootstrap intervals, divergence and failure counts."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchmark import store
+from benchmark.cli import main
+from benchmark.execute.grid import failed_result
+from benchmark.leaderboard import score_runs
+from benchmark.train import CurvePoint, RunResult
+from tests.helpers import make_spec
+
+
+def _result(spec_run_id: str, accuracy: float, status: str = "ok", reach_at: int | None = None) -> RunResult:
+    now = datetime.now(UTC)
+    curve = [CurvePoint(0, 0.0, {"test/accuracy": 0.1})]
+    if reach_at is not None:
+        curve.append(CurvePoint(reach_at, reach_at / 100, {"test/accuracy": 0.99}))
+    curve.append(CurvePoint(100, 1.0, {"test/accuracy": accuracy}))
+    return RunResult(
+        run_id=spec_run_id,
+        status=status,  # type: ignore[arg-type]
+        steps=100,
+        final={"test/accuracy": accuracy},
+        curve=tuple(curve),
+        train_time_s=1.0,
+        wall_time_s=1.5,
+        device="cpu",
+        started_at=now,
+        finished_at=now,
+        target=("test/accuracy", 0.95, "max"),
+    )
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    # adamw: accurate, two of three seeds reach the target; sgd: worse, one seed diverged, one failed.
+    for seed, acc in enumerate([0.96, 0.97, 0.90]):
+        spec = make_spec(rule="adamw", seed=seed, suite="board")
+        store.write_run(
+            tmp_path, spec, _result(spec.run_id, acc, reach_at=40 + 10 * seed if acc > 0.95 else None)
+        )
+    for seed, (acc, status) in enumerate([(0.80, "ok"), (0.82, "ok"), (0.10, "diverged")]):
+        spec = make_spec(rule="sgd", seed=seed, suite="board")
+        store.write_run(tmp_path, spec, _result(spec.run_id, acc, status))
+    spec = make_spec(rule="sgd", seed=7, suite="board")
+    store.write_run(tmp_path, spec, failed_result(spec, "worker died"))
+    return tmp_path
+
+
+def test_rules_are_ranked_with_intervals_and_counts(results: Path) -> None:
+    board = score_runs(store.read_runs(results, "board"))
+    assert list(board["rule"]) == ["adamw", "sgd"]
+    assert list(board["rank"]) == [1, 2]
+    adamw, sgd = board.iloc[0], board.iloc[1]
+    assert adamw["mean"] == pytest.approx((0.96 + 0.97 + 0.90) / 3)
+    assert adamw["ci_low"] <= adamw["mean"] <= adamw["ci_high"]
+    assert adamw["ci_low"] >= 0.90 - 1e-9
+    assert adamw["ci_high"] <= 0.97 + 1e-9
+    assert (adamw["n_seeds"], adamw["n_diverged"], adamw["n_failed"]) == (3, 0, 0)
+    assert adamw["reached_target"] == 2
+    assert adamw["median_steps_to_target"] == 45
+    assert (sgd["n_seeds"], sgd["n_diverged"], sgd["n_failed"]) == (3, 1, 1)
+    assert sgd["mean"] == pytest.approx((0.80 + 0.82 + 0.10) / 3)
+
+
+def test_leaderboard_is_reproducible(results: Path) -> None:
+    runs = store.read_runs(results, "board")
+    pd.testing.assert_frame_equal(score_runs(runs), score_runs(runs))
+
+
+def test_cli_writes_markdown_and_parquet(results: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["leaderboard", "board", "--results", str(results)]) == 0
+    markdown = (results / "board" / "leaderboard.md").read_text()
+    assert "## digits_mlp" in markdown
+    assert markdown.index("`adamw") < markdown.index("`sgd")
+    table = pd.read_parquet(results / "board" / "leaderboard.parquet")
+    assert len(table) == 2
+    assert "leaderboard.md" in capsys.readouterr().out
