@@ -8,10 +8,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from benchmark.errors import ExitCode, SpecError
+
+if TYPE_CHECKING:
+    from benchmark.spec import RunSpec
+    from benchmark.tracking import Tracker
 
 DEFAULT_RESULTS = Path("leaderboards")
 
@@ -39,21 +44,25 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a suite file's grid, then write its leaderboard")
     run.add_argument("suite", type=Path, help="suite file (YAML)")
-    run.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
-    run.add_argument(
-        "--tracking-uri",
-        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite under --results)",
-    )
-    run.add_argument(
-        "--results", type=Path, default=DEFAULT_RESULTS, help="results folder (default: leaderboards)"
-    )
     run.add_argument("--rerun", action="store_true", help="run again the cells that already have a result")
     run.add_argument(
         "--dry-run", action="store_true", help="validate and print the grid; run and write nothing"
     )
-    run.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
     run.add_argument("--max-failures", type=int, default=1, help="retries of a failed run (default: 1)")
+    _add_cluster_args(run)
     run.set_defaults(command=cmd_run)
+
+    tune = sub.add_parser(
+        "tune", help="tune each rule of a suite with Optuna, an equal trial budget per rule"
+    )
+    tune.add_argument("suite", type=Path, help="suite file (YAML)")
+    tune.add_argument("--trials", type=int, default=20, help="trials per rule and task (default: 20)")
+    tune.add_argument("--rules", nargs="+", help="only these rules (default: every tunable rule)")
+    tune.add_argument(
+        "--out", type=Path, help="folder of the tuned-config files (default: tuned/<suite> beside the suite)"
+    )
+    _add_cluster_args(tune)
+    tune.set_defaults(command=cmd_tune)
 
     lst = sub.add_parser("list", help="show the registered rules and tasks")
     lst.add_argument("what", nargs="?", choices=["rules", "tasks"], help="only rules or only tasks")
@@ -66,6 +75,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     board.set_defaults(command=cmd_leaderboard)
     return parser
+
+
+def _add_cluster_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite under --results)",
+    )
+    parser.add_argument(
+        "--results", type=Path, default=DEFAULT_RESULTS, help="results folder (default: leaderboards)"
+    )
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
 
 
 def _check_results(results: Path) -> None:
@@ -86,22 +107,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _print_plan(plan, args.results)
 
-    from benchmark.execute.cluster import connect
     from benchmark.execute.grid import run_grid
-    from benchmark.tasks import TASKS
-    from benchmark.tracking import Tracker, resolve_tracking_uri
 
-    args.results.mkdir(parents=True, exist_ok=True)
-    cluster = connect(args.address, args.num_cpus)
-    has_gpu = cluster.get("GPU", 0) > 0
-
-    def resources(spec: object) -> dict[str, float]:
-        need = TASKS.get(spec.task).resources  # type: ignore[attr-defined]
-        return {"cpu": need.cpus, "gpu": need.gpus if has_gpu else 0.0}
-
-    tracker = Tracker(resolve_tracking_uri(args.tracking_uri, args.results), suite.name)
-    if tracker.enabled:
-        print(f"tracking in MLflow at {tracker.uri} (experiment {suite.name!r})", file=sys.stderr)
+    resources = _connect(args)
+    tracker = _tracker(args, suite.name)
     outcome = run_grid(
         plan.specs, args.results, tracker, resources, rerun=args.rerun, max_failures=args.max_failures
     )
@@ -115,6 +124,64 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         return ExitCode.RUNS_FAILED
     return ExitCode.OK
+
+
+def _connect(args: argparse.Namespace) -> Callable[[RunSpec], dict[str, float]]:
+    """Start or join Ray; returns the per-run resource request (GPUs only where the cluster has them)."""
+    from benchmark.execute.cluster import connect
+    from benchmark.tasks import TASKS
+
+    args.results.mkdir(parents=True, exist_ok=True)
+    has_gpu = connect(args.address, args.num_cpus).get("GPU", 0) > 0
+
+    def resources(spec: RunSpec) -> dict[str, float]:
+        need = TASKS.get(spec.task).resources
+        return {"cpu": need.cpus, "gpu": need.gpus if has_gpu else 0.0}
+
+    return resources
+
+
+def _tracker(args: argparse.Namespace, experiment: str) -> Tracker:
+    from benchmark.tracking import Tracker, resolve_tracking_uri
+
+    tracker = Tracker(resolve_tracking_uri(args.tracking_uri, args.results), experiment)
+    if tracker.enabled:
+        print(f"tracking in MLflow at {tracker.uri} (experiment {experiment!r})", file=sys.stderr)
+    return tracker
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from benchmark.plan import expand
+    from benchmark.provenance import code_version
+    from benchmark.registry import UnknownNameError
+    from benchmark.rules import RULES
+    from benchmark.spec import load_suite
+
+    suite = load_suite(args.suite)
+    plan = expand(suite, args.suite, code_version())
+    _check_results(args.results)
+    if args.trials < 1:
+        raise SpecError(None, "--trials", "a positive number of trials", args.trials)
+    for name in args.rules or []:
+        try:
+            RULES.get(name)
+        except UnknownNameError as exc:
+            raise SpecError(None, "--rules", "registered rules", str(exc)) from None
+    from benchmark.execute.tune import tune_plan, tuning_bases, write_tuned
+
+    if not tuning_bases(plan, args.rules):
+        raise SpecError(args.suite, "rules", "at least one rule with a search space to tune", "none")
+    resources = _connect(args)
+    cells = tune_plan(
+        plan, args.trials, args.results, lambda name: _tracker(args, name), resources, args.rules
+    )
+    out = args.out or Path(args.suite).parent / "tuned" / suite.name
+    for cell in cells:
+        print(f"{cell.task} {cell.rule}: best {cell.metric} = {cell.value:.4g} with {cell.hparams}")
+    for path in write_tuned(out, suite.name, suite.seeds[0], cells):
+        print(f"wrote {path}")
+    failed = sum(c.failed for c in cells)
+    return ExitCode.RUNS_FAILED if failed else ExitCode.OK
 
 
 def _print_plan(plan: object, results: Path) -> int:
@@ -170,13 +237,15 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 def _write_board(suite: str, results: Path, required: bool = False) -> tuple[Path, Path]:
     from benchmark import store
-    from benchmark.leaderboard import score_runs, write_leaderboard
+    from benchmark.leaderboard import provenance_summary, score_runs, write_leaderboard
 
     runs = store.read_runs(results, suite)
     if runs.num_rows == 0 and required:
         raise SpecError(store.runs_dir(results, suite), "suite", f"stored runs of suite {suite!r}", "no runs")
     board = score_runs(runs)
-    return write_leaderboard(store.suite_dir(results, suite), suite, board, runs.num_rows)
+    return write_leaderboard(
+        store.suite_dir(results, suite), suite, board, runs.num_rows, provenance_summary(runs)
+    )
 
 
 if __name__ == "__main__":

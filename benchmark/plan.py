@@ -1,8 +1,8 @@
 """Suite → RunSpecs: resolve names in the registries, validate hyperparameters and options, expand the grid.
 
 Cells a rule cannot run (say AGD on a model with biases) are dropped with the rule's reason rather
-than failing later on a worker. Every error names the suite file and the field, and all errors of a
-file are reported together.
+than failing later on a worker. Every error names the suite file (or the tuned-config file) and the
+field, and all errors of a file are reported together.
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+import yaml
+from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
 
 from benchmark.errors import SpecError, SpecErrors
 from benchmark.registry import UnknownNameError
 from benchmark.rules import RULES
-from benchmark.spec import Budget, RunSpec, Suite, errors_from_validation
+from benchmark.spec import Budget, RuleEntry, RunSpec, Suite, errors_from_validation
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,44 @@ class Plan:
     suite: Suite
     specs: tuple[RunSpec, ...]
     dropped: tuple[DroppedCell, ...]
+
+
+class TunedTask(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hparams: dict[str, JsonValue]
+    metric: str = ""
+    value: float | None = None
+    trials: int = 0
+
+
+class TunedConfig(BaseModel):
+    """A tuned-config file, written by ``synapsebench tune``: one rule, its best hyperparameters per task."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rule: str
+    suite: str = ""
+    seed: int = 0
+    tasks: dict[str, TunedTask]
+
+
+def tuned_path(suite_path: str | Path, reference: str) -> Path:
+    """Where a rule entry's ``tuned:`` reference points: relative to the suite file's folder."""
+    return (Path(suite_path).parent / reference).resolve()
+
+
+def load_tuned(path: Path) -> TunedConfig:
+    if not path.is_file():
+        raise SpecError(path, "", "a tuned-config file (run `synapsebench tune` to write it)", "no such file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError(path, "", "well-formed YAML", str(exc)) from None
+    try:
+        return TunedConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise errors_from_validation(exc, path) from None
 
 
 def expand(suite: Suite, path: str | Path, code_version: str = "") -> Plan:
@@ -61,7 +100,7 @@ def expand(suite: Suite, path: str | Path, code_version: str = "") -> Plan:
         eval_every = min(budget.eval_every or info.eval_every, budget.steps)
         tasks.append((info, options, budget.model_copy(update={"eval_every": eval_every})))
 
-    rules: list[tuple[Any, list[Any]]] = []
+    rules: list[tuple[Any, RuleEntry, int, TunedConfig | None]] = []
     entry_keys: dict[str, set[str]] = {}
     for j, entry in enumerate(suite.rules):
         try:
@@ -69,18 +108,57 @@ def expand(suite: Suite, path: str | Path, code_version: str = "") -> Plan:
         except UnknownNameError as exc:
             errors.append(SpecError(path, f"rules[{j}].name", _registered_hint(exc), entry.name))
             continue
-        hparam_sets, rule_errors = _expand_hparams(info, entry.hparams, entry.sweep, path, j)
-        errors.extend(rule_errors)
-        rules.append((info, hparam_sets))
-        entry_keys.setdefault(info.name, set()).update(entry.hparams, entry.sweep)
+        tuned = None
+        if entry.tuned is not None:
+            try:
+                tuned = load_tuned(tuned_path(path, entry.tuned))
+            except SpecError as exc:
+                errors.extend(exc.errors if isinstance(exc, SpecErrors) else [exc])
+                continue
+            if tuned.rule != info.name:
+                errors.append(
+                    SpecError(tuned_path(path, entry.tuned), "rule", f"tuned values of {info.name!r}", tuned.rule)
+                )
+                continue
+        rules.append((info, entry, j, tuned))
+        shown = set(entry.hparams) | set(entry.sweep)
+        if tuned is not None:
+            shown |= {k for t in tuned.tasks.values() for k in t.hparams}
+        entry_keys.setdefault(info.name, set()).update(shown)
 
+    cells: list[tuple[Any, Any, Budget, Any, list[Any]]] = []
+    checked: dict[tuple[int, str], list[Any]] = {}
+    for (task, options, budget), (rule, entry, j, tuned) in itertools.product(tasks, rules):
+        fixed = dict(entry.hparams)
+        if tuned is not None:
+            found = tuned.tasks.get(task.name)
+            if found is None:
+                errors.append(
+                    SpecError(
+                        tuned_path(path, entry.tuned or ""),
+                        f"tasks.{task.name}",
+                        f"tuned values for task {task.name!r} (run `synapsebench tune` on this suite)",
+                        sorted(tuned.tasks),
+                    )
+                )
+                continue
+            fixed = {**found.hparams, **fixed}
+        key = (j, task.name if tuned is not None else "")
+        if key not in checked:
+            sets, rule_errors = _expand_hparams(rule, fixed, entry.sweep, path, j)
+            errors.extend(e for e in rule_errors if str(e) not in {str(x) for x in errors})
+            checked[key] = sets
+        cells.append((task, options, budget, rule, checked[key]))
+
+    if len(set(suite.seeds)) != len(suite.seeds):
+        errors.append(SpecError(path, "seeds", "distinct seeds", suite.seeds))
     if errors:
         raise SpecErrors(errors)
 
     specs: list[RunSpec] = []
     dropped: list[DroppedCell] = []
     seen: dict[str, str] = {}
-    for (task, options, budget), (rule, hparam_sets) in itertools.product(tasks, rules):
+    for task, options, budget, rule, hparam_sets in cells:
         reason = rule.unsupported(task, options)
         if reason is not None:
             dropped.append(DroppedCell(task.name, rule.name, reason))
@@ -95,7 +173,7 @@ def expand(suite: Suite, path: str | Path, code_version: str = "") -> Plan:
                 seed=seed,
                 budget=budget,
                 code_version=code_version,
-                shown=tuple(sorted(set(entry_keys[rule.name]))),
+                shown=tuple(sorted(entry_keys[rule.name])),
             )
             label = f"{task.name} × {spec.rule_display} × seed {seed}"
             if spec.run_id in seen:
@@ -103,8 +181,6 @@ def expand(suite: Suite, path: str | Path, code_version: str = "") -> Plan:
             seen[spec.run_id] = label
             specs.append(spec)
 
-    if len(set(suite.seeds)) != len(suite.seeds):
-        raise SpecError(path, "seeds", "distinct seeds", suite.seeds)
     if not specs:
         why = "; ".join(f"{d.rule} on {d.task}: {d.reason}" for d in dropped)
         raise SpecError(path, "rules", "at least one (task, rule) cell that can run", why or "no cells")
@@ -117,16 +193,10 @@ def _expand_hparams(
 ) -> tuple[list[Any], list[SpecError]]:
     errors: list[SpecError] = []
     known = set(info.hparams.model_fields)
+    expected = f"a hyperparameter of {info.name!r}: {', '.join(sorted(known))}"
     for key in sweep:
         if key not in known:
-            errors.append(
-                SpecError(
-                    path,
-                    f"rules[{j}].sweep.{key}",
-                    f"a hyperparameter of {info.name!r}: {', '.join(sorted(known))}",
-                    key,
-                )
-            )
+            errors.append(SpecError(path, f"rules[{j}].sweep.{key}", expected, key))
         elif key in fixed:
             errors.append(SpecError(path, f"rules[{j}].sweep.{key}", "a name not also fixed in hparams", key))
     if errors:
@@ -141,12 +211,7 @@ def _expand_hparams(
             for err in errors_from_validation(exc, path, ("rules", j, "hparams")).errors:
                 name = err.field.rsplit(".", 1)[-1]
                 if err.expected == "no such field":
-                    err = SpecError(
-                        path,
-                        err.field,
-                        f"a hyperparameter of {info.name!r}: {', '.join(sorted(known))}",
-                        name,
-                    )
+                    err = SpecError(path, err.field, expected, name)
                 elif name in combo:
                     err = SpecError(path, f"rules[{j}].sweep.{name}", err.expected, combo[name])
                 if str(err) not in {str(e) for e in errors}:

@@ -46,12 +46,16 @@ class RuleEntry(_Frozen):
     """A learning rule of the suite.
 
     ``hparams`` fixes hyperparameters; ``sweep`` lists values to try, and the grid takes their
-    Cartesian product, so ``sweep: {lr: [0.01, 0.1]}`` gives two cells per task and seed.
+    Cartesian product, so ``sweep: {lr: [0.01, 0.1]}`` gives two cells per task and seed;
+    ``tuned`` takes each task's best values from a tuned-config file.
     """
 
     name: str
     hparams: dict[str, JsonValue] = {}
     sweep: dict[str, Annotated[list[JsonValue], Field(min_length=1)]] = {}
+    tuned: str | None = None
+    """A tuned-config file written by ``synapsebench tune`` (relative to the suite file); ``hparams``
+    still override what it holds."""
 
 
 class Suite(_Frozen):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from benchmark.cli import main
 from tests.conftest import tiny_suite, write_suite
@@ -128,3 +129,19 @@ def test_leaderboard_of_unknown_suite(tmp_path: Path, capsys: pytest.CaptureFixt
     code = main(["leaderboard", "never-ran", "--results", str(tmp_path)])
     assert code == 2
     assert "never-ran" in capsys.readouterr().err
+
+
+def test_tuned_file_missing_or_for_another_task(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = write_suite(tmp_path / "m.yaml", **_suite(rules=[{"name": "sgd", "tuned": "tuned/m/sgd.yaml"}]))
+    code, err = _run(missing, tmp_path / "r", capsys)
+    assert code == 2
+    assert f"{tmp_path}/tuned/m/sgd.yaml" in err
+    assert "synapsebench tune" in err
+
+    tuned = tmp_path / "tuned" / "m" / "sgd.yaml"
+    tuned.parent.mkdir(parents=True)
+    tuned.write_text(yaml.safe_dump({"rule": "sgd", "tasks": {"digits_mlp": {"hparams": {"lr": 0.1}}}}))
+    code, err = _run(missing, tmp_path / "r", capsys)
+    assert code == 2
+    assert "tasks.mnist1d_mlp: expected tuned values for task 'mnist1d_mlp'" in err
+    assert not (tmp_path / "r").exists()

@@ -7,6 +7,7 @@ progress: runs done of total, failures and time left.
 
 from __future__ import annotations
 
+import math
 import shutil
 import sys
 import tempfile
@@ -50,18 +51,47 @@ def pending_specs(specs: Sequence[RunSpec], results: Path, rerun: bool) -> list[
     return [s for s in specs if s.run_id not in done]
 
 
-def _trainable(config: dict[str, Any]) -> None:
+SAMPLED_KEY = "hp"
+"""Config key of a search algorithm's sampled hyperparameters (``hp/lr`` arrives as ``{"hp": {"lr": …}}``)."""
+
+OBJECTIVE_KEY = "objective"
+"""The task's target metric, reported under one fixed name for search algorithms."""
+
+
+def spec_from_config(config: dict[str, Any]) -> RunSpec:
+    """The RunSpec of a trial: the planned spec, with any sampled hyperparameters put in."""
     spec = RunSpec.model_validate(config["spec"])
+    sampled = config.get(SAMPLED_KEY) or {}
+    if not sampled:
+        return spec
+    shown = tuple(sorted({*(spec.shown or ()), *sampled}))
+    return spec.model_copy(update={"hparams": {**spec.hparams, **sampled}, "shown": shown})
+
+
+def _objective(spec: RunSpec, metrics: dict[str, float] | Any) -> dict[str, float]:
+    from benchmark.tasks import TASKS
+
+    target = TASKS.get(spec.task).target
+    value = metrics.get(target.metric)
+    if value is None:
+        return {}
+    worst = -1e30 if target.mode == "max" else 1e30
+    return {OBJECTIVE_KEY: float(value) if math.isfinite(value) else worst}
+
+
+def _trainable(config: dict[str, Any]) -> None:
+    spec = spec_from_config(config)
     results = Path(config["results"])
 
     def report(step: int, metrics: dict[str, float] | Any) -> None:
-        tune.report({STEP_KEY: step, **metrics})
+        tune.report({STEP_KEY: step, **metrics, **_objective(spec, metrics)})
 
     result = train.run(spec, report)
     store.write_run(results, spec, result)
     last = result.curve[-1].metrics if result.curve else {}
     extra = {k: v for k, v in result.final.items() if k not in last}
-    tune.report({STEP_KEY: result.steps, STATUS_KEY: result.status, **extra})
+    final = {STEP_KEY: result.steps, STATUS_KEY: result.status, **extra}
+    tune.report({**final, **_objective(spec, result.final)})
 
 
 def failed_result(spec: RunSpec, error: str) -> train.RunResult:
@@ -124,7 +154,7 @@ class _GridCallback(tune.Callback):
 
     @staticmethod
     def _spec(trial: Any) -> RunSpec:
-        return RunSpec.model_validate(trial.config["spec"])
+        return spec_from_config(trial.config)
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         spec = self._spec(trial)
@@ -201,38 +231,74 @@ def run_grid(
     _backfill_tracking(specs, todo, results, tracker)
     if not todo:
         return outcome
-    suite = todo[0].suite
-    tracker.start_suite(suite, len(todo), todo[0].code_version)
-    by_id = {s.run_id: s for s in todo}
-    progress = Progress(len(todo), stream)
+    param_space = {
+        "spec": tune.grid_search([s.model_dump(mode="json") for s in todo]),
+        "results": str(results),
+    }
+    run_trials(
+        param_space,
+        len(todo),
+        todo[0],
+        results,
+        tracker,
+        resources,
+        outcome,
+        stream,
+        max_failures=max_failures,
+    )
+    return outcome
+
+
+def run_trials(
+    param_space: dict[str, Any],
+    total: int,
+    first: RunSpec,
+    results: Path,
+    tracker: Tracker,
+    resources: ResourceFn,
+    outcome: GridOutcome,
+    stream: TextIO,
+    *,
+    search_alg: Any = None,
+    max_failures: int = 1,
+) -> Any:
+    """One Ray Tune fit over RunSpec trials: tracked, stored by the workers, progress on ``stream``.
+
+    ``param_space`` holds ``spec`` (a grid over planned specs, or one base spec when a search
+    algorithm samples ``hp/...`` into it) and ``results``. Returns Tune's ResultGrid.
+    """
+    tracker.start_suite(first.suite, total, first.code_version)
+    progress = Progress(total, stream)
     callback = _GridCallback(tracker, results, outcome, progress)
     scratch = Path(tempfile.mkdtemp(prefix="sb_tune_"))
     try:
-        trainable = tune.with_resources(_trainable, lambda config: resources(by_id[_config_run_id(config)]))
+        trainable = tune.with_resources(_trainable, lambda config: resources(spec_from_config(config)))
+        tune_config = (
+            tune.TuneConfig(reuse_actors=True)
+            if search_alg is None
+            else tune.TuneConfig(reuse_actors=True, search_alg=search_alg, num_samples=total)
+        )
         tuner = tune.Tuner(
             trainable,
-            param_space={
-                "spec": tune.grid_search([s.model_dump(mode="json") for s in todo]),
-                "results": str(results),
-            },
-            tune_config=tune.TuneConfig(reuse_actors=True),
+            param_space=param_space,
+            tune_config=tune_config,
             run_config=tune.RunConfig(
-                name=f"{suite}-{uuid.uuid4().hex[:8]}",
+                name=f"{first.suite}-{uuid.uuid4().hex[:8]}",
                 storage_path=str(scratch),
                 failure_config=tune.FailureConfig(max_failures=max_failures),
                 callbacks=[callback],
                 verbose=0,
             ),
         )
-        tuner.fit()
+        grid = tuner.fit()
     except Exception:
-        tracker.end_suite(failed=len(todo))
+        tracker.end_suite(failed=total)
         traceback.print_exc(file=stream)
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     tracker.end_suite(failed=len(outcome.failed))
-    return outcome
+    return grid
 
 
 def _backfill_tracking(
@@ -251,7 +317,3 @@ def _backfill_tracking(
     for spec in done:
         if spec.run_id in rows:
             tracker.backfill(spec, rows[spec.run_id])
-
-
-def _config_run_id(config: dict[str, Any]) -> str:
-    return RunSpec.model_validate(config["spec"]).run_id

@@ -1,6 +1,6 @@
 """Leaderboards built from the store alone: scoring, then rendering."""
 
 from benchmark.leaderboard.render import write_leaderboard
-from benchmark.leaderboard.score import score_runs
+from benchmark.leaderboard.score import provenance_summary, score_runs
 
-__all__ = ["score_runs", "write_leaderboard"]
+__all__ = ["provenance_summary", "score_runs", "write_leaderboard"]

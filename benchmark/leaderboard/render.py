@@ -16,7 +16,9 @@ def _fmt(value: float, digits: int = 4) -> str:
     return f"{value:.{digits}g}"
 
 
-def render_markdown(suite: str, board: pd.DataFrame, n_runs: int) -> str:
+def render_markdown(
+    suite: str, board: pd.DataFrame, n_runs: int, provenance: dict[str, list[str]] | None = None
+) -> str:
     lines = [
         f"# Leaderboard: {suite}",
         "",
@@ -26,6 +28,11 @@ def render_markdown(suite: str, board: pd.DataFrame, n_runs: int) -> str:
         "Steps and time to target are medians over the seeds that reached it, on the training clock.",
         "",
     ]
+    if provenance:
+        lines += [
+            "Produced by " + "; ".join(f"{k}: {', '.join(v)}" for k, v in provenance.items() if v) + ".",
+            "",
+        ]
     for task, rows in board.groupby("task", sort=True):
         first = rows.iloc[0]
         direction = "higher is better" if first["mode"] == "max" else "lower is better"
@@ -49,7 +56,13 @@ def render_markdown(suite: str, board: pd.DataFrame, n_runs: int) -> str:
     return "\n".join(lines)
 
 
-def write_leaderboard(folder: Path, suite: str, board: pd.DataFrame, n_runs: int) -> tuple[Path, Path]:
+def write_leaderboard(
+    folder: Path,
+    suite: str,
+    board: pd.DataFrame,
+    n_runs: int,
+    provenance: dict[str, list[str]] | None = None,
+) -> tuple[Path, Path]:
     """Write ``leaderboard.parquet`` and ``leaderboard.md`` into ``folder``, each atomically."""
     folder.mkdir(parents=True, exist_ok=True)
     parquet = folder / "leaderboard.parquet"
@@ -57,6 +70,6 @@ def write_leaderboard(folder: Path, suite: str, board: pd.DataFrame, n_runs: int
     tmp = folder / f".leaderboard.{uuid.uuid4().hex}.tmp"
     board.to_parquet(tmp, index=False)
     os.replace(tmp, parquet)
-    tmp.write_text(render_markdown(suite, board, n_runs) + "\n")
+    tmp.write_text(render_markdown(suite, board, n_runs, provenance) + "\n")
     os.replace(tmp, markdown)
     return parquet, markdown

@@ -131,5 +131,15 @@ def score_runs(runs: pa.Table) -> pd.DataFrame:
     return pd.concat(ranked, ignore_index=True)[LEADERBOARD_COLUMNS]
 
 
+def provenance_summary(runs: pa.Table) -> dict[str, list[str]]:
+    """The distinct code versions, devices and torch versions behind a leaderboard."""
+    if runs.num_rows == 0:
+        return {}
+    columns = {"code": "code_version", "device": "device_name", "torch": "torch_version"}
+    return {
+        label: sorted({v for v in runs.column(col).to_pylist() if v}) for label, col in columns.items()
+    }
+
+
 def _median(values: np.ndarray) -> float:
     return float(np.median(values)) if len(values) else math.nan
