@@ -87,6 +87,11 @@ def _add_cluster_args(parser: argparse.ArgumentParser) -> None:
         "--results", type=Path, default=DEFAULT_RESULTS, help="results folder (default: leaderboards)"
     )
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="root of downloaded data sets for the vision tasks (sets SYNAPSEBENCH_DATA on every worker)",
+    )
 
 
 def _check_results(results: Path) -> None:
@@ -132,7 +137,8 @@ def _connect(args: argparse.Namespace) -> Callable[[RunSpec], dict[str, float]]:
     from benchmark.tasks import TASKS
 
     args.results.mkdir(parents=True, exist_ok=True)
-    has_gpu = connect(args.address, args.num_cpus).get("GPU", 0) > 0
+    env = {"SYNAPSEBENCH_DATA": str(args.data_dir.resolve())} if args.data_dir else {}
+    has_gpu = connect(args.address, args.num_cpus, env).get("GPU", 0) > 0
 
     def resources(spec: RunSpec) -> dict[str, float]:
         need = TASKS.get(spec.task).resources
@@ -243,9 +249,14 @@ def _write_board(suite: str, results: Path, required: bool = False) -> tuple[Pat
     if runs.num_rows == 0 and required:
         raise SpecError(store.runs_dir(results, suite), "suite", f"stored runs of suite {suite!r}", "no runs")
     board = score_runs(runs)
-    return write_leaderboard(
-        store.suite_dir(results, suite), suite, board, runs.num_rows, provenance_summary(runs)
-    )
+    folder = store.suite_dir(results, suite)
+    if runs.num_rows:
+        from benchmark.leaderboard.plots import curve_frame, plot_task_curves
+
+        frame = curve_frame(runs.to_pandas(), store.read_curves(results, suite).to_pandas())
+        for task, rows in board.groupby("task"):
+            plot_task_curves(str(task), str(rows["metric"].iloc[0]), frame, folder / "plots" / f"{task}.png")
+    return write_leaderboard(folder, suite, board, runs.num_rows, provenance_summary(runs))
 
 
 if __name__ == "__main__":

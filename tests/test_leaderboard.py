@@ -82,3 +82,5 @@ def test_cli_writes_markdown_and_parquet(results: Path, capsys: pytest.CaptureFi
     table = pd.read_parquet(results / "board" / "leaderboard.parquet")
     assert len(table) == 2
     assert "leaderboard.md" in capsys.readouterr().out
+    assert "(plots/digits_mlp.png)" in markdown
+    assert (results / "board" / "plots" / "digits_mlp.png").stat().st_size > 1000

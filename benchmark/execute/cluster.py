@@ -17,17 +17,21 @@ def _quiet_defaults() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # verbose=0 then prints nothing
 
 
-def connect(address: str | None = None, num_cpus: int | None = None) -> dict[str, Any]:
+def connect(
+    address: str | None = None, num_cpus: int | None = None, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Join Ray at ``address`` (or ``RAY_ADDRESS``), else start a local instance.
 
-    Reuses an instance this process already started (tests keep one per session). Returns the
-    cluster's total resources.
+    ``env`` is set for the driver and every worker (a local Ray's workers inherit the driver's
+    environment; a cluster's get it through the runtime environment). Reuses an instance this
+    process already started (tests keep one per session). Returns the cluster's total resources.
     """
     _quiet_defaults()
+    os.environ.update(env or {})
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or None
         if address:
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": dict(env or {})})
         else:
             ray.init(
                 address="local",

@@ -41,6 +41,8 @@ def render_markdown(
             "",
             f"Metric: `{first['metric']}` ({direction}); target {_fmt(first['target'])}.",
             "",
+            f"![{task}: {first['metric']} over steps](plots/{task}.png)",
+            "",
             "| rank | rule | mean | 95% CI | seeds | diverged | failed | reached target "
             "| steps to target | train s |",
             "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|",

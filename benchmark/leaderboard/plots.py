@@ -1,0 +1,46 @@
+"""Learning-curve plots from the store: per task, the target metric over steps, one line per rule.
+
+Each line is the mean over seeds at each evaluated step, with the band between the lowest and the
+highest seed, so a reader sees both the typical curve and its spread.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on cluster nodes or CI
+import matplotlib.pyplot as plt
+import pandas as pd
+
+
+def curve_frame(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
+    """Long frame ``task, rule_display, seed, step, key, value`` for the runs that did not fail."""
+    ok = runs[runs["status"] != "failed"][["run_id", "task", "rule_display", "seed"]]
+    return curves.merge(ok, on="run_id", how="inner")
+
+
+def plot_task_curves(task: str, metric: str, frame: pd.DataFrame, path: Path) -> Path:
+    """Plot ``metric`` against steps for every rule of ``task`` into ``path`` (PNG, atomically)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    rows = frame[(frame["task"] == task) & (frame["key"] == metric)]
+    for rule, group in rows.groupby("rule_display", sort=True):
+        stats = group.groupby("step")["value"].agg(["mean", "min", "max"]).reset_index()
+        (line,) = ax.plot(stats["step"], stats["mean"], label=str(rule), linewidth=1.5)
+        ax.fill_between(stats["step"], stats["min"], stats["max"], color=line.get_color(), alpha=0.15)
+    ax.set_title(task)
+    ax.set_xlabel("step")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    if ax.has_data():
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.stem}.{uuid.uuid4().hex}.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
