@@ -117,7 +117,9 @@ def expand(suite: Suite, path: str | Path, code_version: str = "") -> Plan:
                 continue
             if tuned.rule != info.name:
                 errors.append(
-                    SpecError(tuned_path(path, entry.tuned), "rule", f"tuned values of {info.name!r}", tuned.rule)
+                    SpecError(
+                        tuned_path(path, entry.tuned), "rule", f"tuned values of {info.name!r}", tuned.rule
+                    )
                 )
                 continue
         rules.append((info, entry, j, tuned))

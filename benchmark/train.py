@@ -14,9 +14,10 @@ from typing import Literal
 
 import torch
 
-from benchmark.metrics import Clock
+from benchmark.metrics import Clock, brain_metrics, parameter_snapshot
+from benchmark.probe import ImpliedMetricProbe
 from benchmark.provenance import device_name, pick_device
-from benchmark.rules import RULES
+from benchmark.rules import RULES, OptimizerRule
 from benchmark.seeding import derive_seeds, seed_everything
 from benchmark.spec import RunSpec
 from benchmark.tasks import TASKS
@@ -71,9 +72,17 @@ def run(spec: RunSpec, report: Report = no_report, device: torch.device | None =
     if rule.prepare is not None:
         model = rule.prepare(model, init_gen, hparams)
     model = model.to(device)
+    initial = parameter_snapshot(model)  # for the end-of-run sign flips (Dale's law)
     data = task.load_data(options, device)
     learner = rule.build(model, hparams)
     batches = data.train_batches(seeds.generator("data"))
+    probe_every = spec.budget.probe_every  # implied-metric probe (seed 003); off when None
+    # An OptimizerRule leaves ∇L(θ₀) in .grad, which spares the probe one backward pass.
+    probe = (
+        ImpliedMetricProbe(model, task.loss, grad_from_rule=isinstance(learner, OptimizerRule))
+        if probe_every
+        else None
+    )
 
     clock = Clock()
     curve: list[CurvePoint] = []
@@ -85,6 +94,8 @@ def run(spec: RunSpec, report: Report = no_report, device: torch.device | None =
         if step_losses and "train/loss" not in metrics:
             metrics["train/loss"] = sum(step_losses) / len(step_losses)
         metrics.update(rule_metrics)
+        if probe is not None:
+            metrics.update(probe.window())
         curve.append(CurvePoint(step, clock.seconds, metrics))
         report(step, metrics)
         step_losses.clear()
@@ -96,8 +107,16 @@ def run(spec: RunSpec, report: Report = no_report, device: torch.device | None =
     model.train()
     for step in range(1, spec.budget.steps + 1):
         clock.start()
-        step_metrics = learner.train_step(model, next(batches), task.loss)
+        batch = next(batches)
+        probing = probe if probe_every and step % probe_every == 0 else None
+        if probing is not None:
+            clock.pause()  # probing is not training time
+            probing.before(batch)
+            clock.start()
+        step_metrics = learner.train_step(model, batch, task.loss)
         clock.pause()
+        if probing is not None:
+            probing.after(batch, step_metrics["train/loss"])
         loss = step_metrics.pop("train/loss")
         rule_metrics = step_metrics
         step_losses.append(loss)
@@ -113,7 +132,10 @@ def run(spec: RunSpec, report: Report = no_report, device: torch.device | None =
 
     final = dict(last)
     if status == "ok":
+        final.update(brain_metrics(initial, model))
         final.update(data.finalize(model))
+        if probe is not None:
+            final.update(probe.totals())
     return RunResult(
         run_id=spec.run_id,
         status=status,

@@ -93,6 +93,7 @@ class RuleInfo:
             initialisation or need a sign-split model. Runs before ``build``.
         unsupported: ``unsupported(task, options) -> reason | None``; the planner drops the cell.
         error_cases: hyperparameters that must raise, for the contract tests.
+        test_hparams: a cheap setting for CI (as a task's ``test_options``), e.g. a loose solver.
     """
 
     name: str
@@ -105,6 +106,7 @@ class RuleInfo:
     prepare: Callable[[nn.Module, torch.Generator, Any], nn.Module] | None = None
     unsupported: Callable[[TaskInfo, Any], str | None] = always_supported
     error_cases: tuple[ErrorCase, ...] = ()
+    test_hparams: Mapping[str, Any] = field(default_factory=dict)
 
     def defaults(self) -> dict[str, Any]:
         return self.hparams().model_dump(mode="json")
