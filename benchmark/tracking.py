@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -66,6 +68,10 @@ class Tracker:
         self._children: dict[str, str] = {}
         self._client: Any = None
         self._experiment_id: str | None = None
+        # MLflow calls run on one background thread, so a slow store never holds up the grid's
+        # event loop (and with it the workers, whose reports wait for the driver).
+        self._queue: queue.Queue[Callable[[], Any]] = queue.Queue()
+        self._thread: threading.Thread | None = None
         if uri.startswith(("http://", "https://")) and not _reachable(uri):
             self._disable(f"MLflow tracking server {uri} is unreachable")
             return
@@ -92,6 +98,27 @@ class Tracker:
             )
         self.enabled = False
 
+    def _submit(self, fn: Callable[[], Any]) -> None:
+        if not self.enabled:
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="mlflow-tracking", daemon=True)
+            self._thread.start()
+        self._queue.put(fn)
+
+    def _work(self) -> None:
+        while True:
+            fn = self._queue.get()
+            try:
+                self._guard(fn)
+            finally:
+                self._queue.task_done()
+
+    def flush(self) -> None:
+        """Wait until every submitted call has reached the store."""
+        if self._thread is not None:
+            self._queue.join()
+
     def _guard(self, fn: Callable[[], T]) -> T | None:
         if not self.enabled:
             return None
@@ -111,7 +138,7 @@ class Tracker:
             self.parent_id = run.info.run_id
             self._client.log_param(self.parent_id, "runs_pending", total)
 
-        self._guard(start)
+        self._submit(start)
 
     def start_run(self, spec: RunSpec) -> None:
         def start() -> None:
@@ -135,7 +162,7 @@ class Tracker:
             params = [Param(k, v[:6000]) for k, v in spec_params(spec).items()]
             self._client.log_batch(run.info.run_id, params=params)
 
-        self._guard(start)
+        self._submit(start)
 
     def _close_stale(self, run_id: str) -> None:
         """Delete earlier MLflow runs of this cell that never finished (a killed invocation)."""
@@ -169,50 +196,44 @@ class Tracker:
                 self.log_metrics(spec.run_id, int(point["step"]), dict(point["metrics"] or {}))
             self.end_run(spec.run_id, str(row["status"]))
 
-        self._guard(fill)
+        self._submit(fill)
 
     def log_metrics(self, run_id: str, step: int, metrics: Mapping[str, float]) -> None:
-        child = self._children.get(run_id)
-        if child is None:
-            return
-
         def log() -> None:
+            child = self._children.get(run_id)
+            if child is None:
+                return
             from mlflow.entities import Metric
 
             now = int(time.time() * 1000)
             batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
             self._client.log_batch(child, metrics=batch)
 
-        self._guard(log)
+        self._submit(log)
 
     def end_run(self, run_id: str, status: str) -> None:
-        child = self._children.pop(run_id, None)
-        if child is None:
-            return
-
         def end() -> None:
+            child = self._children.pop(run_id, None)
+            if child is None:
+                return
             self._client.set_tag(child, STATUS_TAG, status)
             self._client.set_terminated(child, "FAILED" if status == "failed" else "FINISHED")
 
-        self._guard(end)
-
-    def log_artifact(self, run_id: str, path: Path) -> None:
-        child = self._children.get(run_id)
-        if child is not None:
-            self._guard(lambda: self._client.log_artifact(child, str(path)))
+        self._submit(end)
 
     def end_suite(self, failed: int) -> None:
-        for run_id in list(self._children):
-            self.end_run(run_id, "failed")
-        if self.parent_id is None:
-            return
-        parent = self.parent_id
+        """Close what is still open, then wait until everything has reached the store."""
 
         def end() -> None:
-            self._client.log_param(parent, "runs_failed", failed)
-            self._client.set_terminated(parent, "FAILED" if failed else "FINISHED")
+            for run_id in list(self._children):
+                self.end_run(run_id, "failed")
+            if self.parent_id is None:
+                return
+            self._client.log_param(self.parent_id, "runs_failed", failed)
+            self._client.set_terminated(self.parent_id, "FAILED" if failed else "FINISHED")
 
-        self._guard(end)
+        self._submit(end)
+        self.flush()
 
 
 def _reachable(uri: str, timeout: float = 3.0) -> bool:

@@ -230,6 +230,7 @@ def run_grid(
     )
     _backfill_tracking(specs, todo, results, tracker)
     if not todo:
+        tracker.flush()
         return outcome
     param_space = {
         "spec": tune.grid_search([s.model_dump(mode="json") for s in todo]),
