@@ -4,17 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, runtime_checkable
 
 import torch
 from optuna.distributions import BaseDistribution
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from benchmark.types import Batch, LossFn
 
 if TYPE_CHECKING:
     from benchmark.tasks.base import TaskInfo
+
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+UnitFloat = Annotated[float, Field(ge=0, lt=1)]
+"""Hyperparameter value types shared by the rules (lr > 0, decay ≥ 0, momentum and betas in [0, 1))."""
 
 
 class HParams(BaseModel):

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution
-from pydantic import Field
 from torch import nn
 
-from benchmark.rules.base import ErrorCase, HParams, OptimizerRule, RuleInfo
-
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegativeFloat = Annotated[float, Field(ge=0)]
-UnitFloat = Annotated[float, Field(ge=0, lt=1)]
+from benchmark.rules.base import (
+    ErrorCase,
+    HParams,
+    NonNegativeFloat,
+    OptimizerRule,
+    PositiveFloat,
+    RuleInfo,
+    UnitFloat,
+)
 
 
 class SGDHParams(HParams):

@@ -14,9 +14,7 @@ from optuna.distributions import FloatDistribution
 from pydantic import Field
 from torch import nn
 
-from benchmark.rules.base import ErrorCase, HParams, OptimizerRule, RuleInfo
-
-UnitFloat = Annotated[float, Field(ge=0, lt=1)]
+from benchmark.rules.base import ErrorCase, HParams, OptimizerRule, RuleInfo, UnitFloat
 
 
 class DiffGradHParams(HParams):

@@ -18,14 +18,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Annotated, Any
+from typing import Any
 
 import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution
-from pydantic import Field, model_validator
+from pydantic import model_validator
 from torch import Tensor, nn
 
-from benchmark.rules.base import ErrorCase, OptimizerRule, RuleInfo
+from benchmark.rules.base import (
+    ErrorCase,
+    NonNegativeFloat,
+    OptimizerRule,
+    PositiveFloat,
+    RuleInfo,
+    UnitFloat,
+)
 from benchmark.rules.sign_split import SignSplitHParams, check_nonzero, prepare_sign_split
 
 __all__ = [
@@ -812,10 +819,6 @@ def sign_constrain_(params: Sequence[Tensor], signs: Sequence[Tensor], floor: fl
 
 # ---------------------------------------------------------------------------------------------
 # Registry entries
-
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegativeFloat = Annotated[float, Field(ge=0)]
-UnitFloat = Annotated[float, Field(ge=0, lt=1)]
 
 
 class _MomentumHParams(SignSplitHParams):
