@@ -223,7 +223,4 @@ def _expand_hparams(
 
 def _registered_hint(exc: UnknownNameError) -> str:
     text = f"a registered {exc.kind} ({', '.join(exc.known)})"
-    close = exc.message.split("; ", 1)
-    if len(close) > 1 and close[1].startswith("did you mean"):
-        text += "; " + close[1].split(" (known", 1)[0]
-    return text
+    return f"{text}; {exc.suggestion}" if exc.suggestion else text

@@ -26,7 +26,8 @@ class UnknownNameError(KeyError):
 
     def __init__(self, kind: str, name: str, known: list[str]) -> None:
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        self.suggestion = f"did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        hint = f"; {self.suggestion}" if close else ""
         self.message = f"unknown {kind} {name!r}{hint} (known: {', '.join(known)})"
         self.kind = kind
         self.name = name

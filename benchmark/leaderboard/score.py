@@ -60,8 +60,7 @@ def bootstrap_ci(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[fl
 
 def runs_frame(runs: pa.Table) -> pd.DataFrame:
     """The runs table as a DataFrame, with the final metrics as a dict column."""
-    frame = runs.to_pandas(maps_as_pydicts="strict")
-    return frame
+    return runs.to_pandas(maps_as_pydicts="strict")
 
 
 def _to_target(row: pd.Series) -> tuple[float, float]:
@@ -136,9 +135,7 @@ def provenance_summary(runs: pa.Table) -> dict[str, list[str]]:
     if runs.num_rows == 0:
         return {}
     columns = {"code": "code_version", "device": "device_name", "torch": "torch_version"}
-    return {
-        label: sorted({v for v in runs.column(col).to_pylist() if v}) for label, col in columns.items()
-    }
+    return {label: sorted({v for v in runs.column(col).to_pylist() if v}) for label, col in columns.items()}
 
 
 def _median(values: np.ndarray) -> float:
