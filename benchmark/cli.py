@@ -244,19 +244,31 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 def _write_board(suite: str, results: Path, required: bool = False) -> tuple[Path, Path]:
     from benchmark import store
     from benchmark.leaderboard import provenance_summary, score_runs, write_leaderboard
+    from benchmark.leaderboard.score import runs_frame
+    from benchmark.leaderboard.theory import implied_metric_table, theory_table
 
     runs = store.read_runs(results, suite)
     if runs.num_rows == 0 and required:
         raise SpecError(store.runs_dir(results, suite), "suite", f"stored runs of suite {suite!r}", "no runs")
     board = score_runs(runs)
+    frame = runs_frame(runs)
     folder = store.suite_dir(results, suite)
     if runs.num_rows:
-        from benchmark.leaderboard.plots import curve_frame, plot_task_curves
+        from benchmark.leaderboard.plots import curve_frame, plot_file, plot_task_curves
 
-        frame = curve_frame(runs.to_pandas(), store.read_curves(results, suite).to_pandas())
-        for task, rows in board.groupby("task"):
-            plot_task_curves(str(task), str(rows["metric"].iloc[0]), frame, folder / "plots" / f"{task}.png")
-    return write_leaderboard(folder, suite, board, runs.num_rows, provenance_summary(runs))
+        curves = curve_frame(frame, store.read_curves(results, suite).to_pandas())
+        for task, rows in board.groupby("task_display"):
+            metric = str(rows["metric"].iloc[0])
+            plot_task_curves(str(task), metric, curves, folder / "plots" / plot_file(str(task)))
+    return write_leaderboard(
+        folder,
+        suite,
+        board,
+        runs.num_rows,
+        provenance_summary(runs),
+        theory=theory_table(frame),
+        implied=implied_metric_table(frame),
+    )
 
 
 if __name__ == "__main__":

@@ -91,14 +91,12 @@ def expand(suite: Suite, path: str | Path, code_version: str = "") -> Plan:
         except UnknownNameError as exc:
             errors.append(SpecError(path, f"tasks[{i}].name", _registered_hint(exc), entry.name))
             continue
-        try:
-            options = info.options.model_validate(entry.options)
-        except ValidationError as exc:
-            errors.extend(errors_from_validation(exc, path, ("tasks", i, "options")).errors)
-            continue
         budget = entry.budget or suite.budget
         eval_every = min(budget.eval_every or info.eval_every, budget.steps)
-        tasks.append((info, options, budget.model_copy(update={"eval_every": eval_every})))
+        budget = budget.model_copy(update={"eval_every": eval_every})
+        option_sets, option_errors = _expand_options(info, entry, path, i)
+        errors.extend(option_errors)
+        tasks.extend((info, options, budget) for options in option_sets)
 
     rules: list[tuple[Any, RuleEntry, int, TunedConfig | None]] = []
     entry_keys: dict[str, set[str]] = {}
@@ -188,6 +186,30 @@ def expand(suite: Suite, path: str | Path, code_version: str = "") -> Plan:
         raise SpecError(path, "rules", "at least one (task, rule) cell that can run", why or "no cells")
     specs.sort(key=lambda s: (s.task, s.rule, s.rule_display, s.seed))
     return Plan(suite=suite, specs=tuple(specs), dropped=tuple(dropped))
+
+
+def _expand_options(info: Any, entry: Any, path: str | Path, i: int) -> tuple[list[Any], list[SpecError]]:
+    """Validated task options, one per point of the entry's option sweep."""
+    errors: list[SpecError] = []
+    for key in entry.sweep:
+        if key in entry.options:
+            errors.append(SpecError(path, f"tasks[{i}].sweep.{key}", "a name not also fixed in options", key))
+    if errors:
+        return [], errors
+    keys = sorted(entry.sweep)
+    option_sets: list[Any] = []
+    for values in itertools.product(*(entry.sweep[k] for k in keys)):
+        combo = dict(zip(keys, values, strict=True))
+        try:
+            option_sets.append(info.options.model_validate({**entry.options, **combo}))
+        except ValidationError as exc:
+            for err in errors_from_validation(exc, path, ("tasks", i, "options")).errors:
+                name = err.field.removeprefix(f"tasks[{i}].options.").split(".")[0].split("[")[0]
+                if name in combo:
+                    err = SpecError(path, f"tasks[{i}].sweep.{name}", err.expected, combo[name])
+                if str(err) not in {str(e) for e in errors}:
+                    errors.append(err)
+    return option_sets, errors
 
 
 def _expand_hparams(

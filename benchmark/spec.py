@@ -35,10 +35,15 @@ class Budget(_Frozen):
 
 
 class TaskEntry(_Frozen):
-    """A task of the suite, with its options; ``budget`` overrides the suite's for this task."""
+    """A task of the suite, with its options; ``budget`` overrides the suite's for this task.
+
+    ``sweep`` lists option values to try, like a rule's: ``sweep: {depth: [2, 8, 20]}`` gives one
+    task variant per value, each shown on the leaderboard as ``task[depth=8]``.
+    """
 
     name: str
     options: dict[str, JsonValue] = {}
+    sweep: dict[str, Annotated[list[JsonValue], Field(min_length=1)]] = {}
     budget: Budget | None = None
 
 

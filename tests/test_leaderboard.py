@@ -16,7 +16,13 @@ from benchmark.train import CurvePoint, RunResult
 from tests.helpers import make_spec
 
 
-def _result(spec_run_id: str, accuracy: float, status: str = "ok", reach_at: int | None = None) -> RunResult:
+def _result(
+    spec_run_id: str,
+    accuracy: float,
+    status: str = "ok",
+    reach_at: int | None = None,
+    extra: dict[str, float] | None = None,
+) -> RunResult:
     now = datetime.now(UTC)
     curve = [CurvePoint(0, 0.0, {"test/accuracy": 0.1})]
     if reach_at is not None:
@@ -26,7 +32,7 @@ def _result(spec_run_id: str, accuracy: float, status: str = "ok", reach_at: int
         run_id=spec_run_id,
         status=status,  # type: ignore[arg-type]
         steps=100,
-        final={"test/accuracy": accuracy},
+        final={"test/accuracy": accuracy, **(extra or {})},
         curve=tuple(curve),
         train_time_s=1.0,
         wall_time_s=1.5,
@@ -84,3 +90,46 @@ def test_cli_writes_markdown_and_parquet(results: Path, capsys: pytest.CaptureFi
     assert "leaderboard.md" in capsys.readouterr().out
     assert "(plots/digits_mlp.png)" in markdown
     assert (results / "board" / "plots" / "digits_mlp.png").stat().st_size > 1000
+
+
+def test_task_variants_theory_view_and_implied_metric(tmp_path: Path) -> None:
+    # Two widths of one task: two sections. Deviations from theory and probe totals: summarised.
+    for width, error in ((8, 0.01), (16, 0.03)):
+        for seed in range(3):
+            spec = make_spec(rule="sgd", seed=seed, suite="dyn", options={"width": width})
+            final = {
+                "theory/max_rel_error": error * (1 + seed),
+                "theory/sharpness_ratio": 1.0 - 0.1 * seed,
+                "theory/u_0": 5.0,  # a reference value, not a deviation
+                "metric/run_probes": 10.0,
+                "metric/run_kappa": 1.0,
+                "metric/run_no_metric_fraction": 0.0,
+                "metric/run_cos_psi": 1.0,
+            }
+            store.write_run(tmp_path, spec, _result(spec.run_id, 0.9, extra=final))
+    spec = make_spec(rule="adamw", seed=0, suite="dyn", options={"width": 8})
+    final = {"metric/run_probes": 30.0, "metric/run_kappa": 40.0, "metric/run_no_metric_fraction": 0.1}
+    store.write_run(tmp_path, spec, _result(spec.run_id, 0.9, extra=final))
+
+    assert main(["leaderboard", "dyn", "--results", str(tmp_path)]) == 0
+    board = pd.read_parquet(tmp_path / "dyn" / "leaderboard.parquet")
+    assert list(dict.fromkeys(board["task_display"])) == ["digits_mlp[width=8]", "digits_mlp[width=16]"]
+    theory = pd.read_parquet(tmp_path / "dyn" / "theory.parquet")
+    sgd = theory["rule_display"].str.startswith("sgd")
+    sgd8 = theory[(theory["task_display"] == "digits_mlp[width=8]") & sgd]
+    assert set(sgd8["quantity"]) == {"theory/max_rel_error", "theory/sharpness_ratio"}
+    error = sgd8[sgd8["quantity"] == "theory/max_rel_error"].iloc[0]
+    assert (error["median"], error["worst"]) == pytest.approx((0.02, 0.03))
+    ratio = sgd8[sgd8["quantity"] == "theory/sharpness_ratio"].iloc[0]
+    assert (ratio["median"], ratio["worst"]) == pytest.approx((0.9, 0.8))
+    implied = pd.read_parquet(tmp_path / "dyn" / "implied_metric.parquet")
+    implied.index = implied["rule_display"].str.partition("[")[0]
+    assert implied.loc["sgd", "median_kappa"] == 1.0
+    assert implied.loc["adamw", "no_metric_fraction"] == pytest.approx(0.1)
+    assert implied.loc["sgd", "probes"] == 60
+    markdown = (tmp_path / "dyn" / "leaderboard.md").read_text()
+    assert "## digits_mlp[width=16]" in markdown
+    assert "(plots/digits_mlp-width=16.png)" in markdown
+    assert (tmp_path / "dyn" / "plots" / "digits_mlp-width=16.png").exists()
+    assert "## Theory: departure from the closed forms" in markdown
+    assert "## Implied metric of each rule" in markdown

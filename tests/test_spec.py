@@ -76,3 +76,14 @@ def test_sweep_expands_the_grid(tmp_path: Path) -> None:
         "sgd[lr=0.1,momentum=0]",
         "sgd[lr=0.1,momentum=0.9]",
     }
+
+
+def test_task_option_sweep_gives_one_variant_per_value(tmp_path: Path) -> None:
+    suite = tiny_suite(tasks=("digits_mlp",))
+    suite["tasks"][0]["options"].pop("width", None)
+    suite["tasks"][0]["sweep"] = {"width": [4, 8, 16]}
+    path = write_suite(tmp_path / "s.yaml", **suite)
+    plan = expand(load_suite(path), path)
+    assert len(plan.specs) == 3 * 2 * 2  # widths × rules × seeds
+    assert sorted({s.task_options["width"] for s in plan.specs}) == [4, 8, 16]
+    assert len({s.run_id for s in plan.specs}) == len(plan.specs)

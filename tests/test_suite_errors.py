@@ -50,6 +50,16 @@ CASES = {
         "tasks[0].options.widht",
         "no such field",
     ),
+    "bad task sweep value": (
+        _suite(tasks=[{"name": "digits_mlp", "sweep": {"width": [8, 0]}}]),
+        "tasks[0].sweep.width",
+        "greater than 0",
+    ),
+    "task sweep of a fixed option": (
+        _suite(tasks=[{"name": "digits_mlp", "options": {"width": 8}, "sweep": {"width": [8, 16]}}]),
+        "tasks[0].sweep.width",
+        "not also fixed in options",
+    ),
     "non-integer seed": (_suite(seeds=[0, 1.5]), "seeds[1]", "a valid integer"),
     "string seed": (_suite(seeds=["zero"]), "seeds[0]", "a valid integer"),
     "empty grid": (_suite(tasks=[]), "tasks", "at least 1 item"),

@@ -7,6 +7,7 @@ highest seed, so a reader sees both the typical curve and its spread.
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -17,16 +18,24 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 
+def plot_file(task_display: str) -> str:
+    """The PNG name of a task variant's plot: ``saxe_depth[depth=8]`` → ``saxe_depth-depth=8.png``."""
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "-", task_display).strip("-") + ".png"
+
+
 def curve_frame(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
-    """Long frame ``task, rule_display, seed, step, key, value`` for the runs that did not fail."""
-    ok = runs[runs["status"] != "failed"][["run_id", "task", "rule_display", "seed"]]
+    """Long frame ``task_display, rule_display, seed, step, key, value`` for the runs that did not fail.
+
+    ``runs`` is :func:`benchmark.leaderboard.score.runs_frame`'s frame.
+    """
+    ok = runs[runs["status"] != "failed"][["run_id", "task", "task_display", "rule_display", "seed"]]
     return curves.merge(ok, on="run_id", how="inner")
 
 
 def plot_task_curves(task: str, metric: str, frame: pd.DataFrame, path: Path) -> Path:
-    """Plot ``metric`` against steps for every rule of ``task`` into ``path`` (PNG, atomically)."""
+    """Plot ``metric`` against steps for every rule of the task variant ``task`` into ``path``."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    rows = frame[(frame["task"] == task) & (frame["key"] == metric)]
+    rows = frame[(frame["task_display"] == task) & (frame["key"] == metric)]
     for rule, group in rows.groupby("rule_display", sort=True):
         stats = group.groupby("step")["value"].agg(["mean", "min", "max"]).reset_index()
         (line,) = ax.plot(stats["step"], stats["mean"], label=str(rule), linewidth=1.5)
@@ -38,6 +47,11 @@ def plot_task_curves(task: str, metric: str, frame: pd.DataFrame, path: Path) ->
     if ax.has_data():
         ax.legend(fontsize="small")
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig: plt.Figure, path: Path) -> Path:
+    """Write ``fig`` to ``path`` as PNG through a hidden temporary, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.stem}.{uuid.uuid4().hex}.png"
     fig.savefig(tmp)

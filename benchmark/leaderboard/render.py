@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmark.leaderboard.plots import plot_file
+
 
 def _fmt(value: float, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -17,7 +19,12 @@ def _fmt(value: float, digits: int = 4) -> str:
 
 
 def render_markdown(
-    suite: str, board: pd.DataFrame, n_runs: int, provenance: dict[str, list[str]] | None = None
+    suite: str,
+    board: pd.DataFrame,
+    n_runs: int,
+    provenance: dict[str, list[str]] | None = None,
+    theory: pd.DataFrame | None = None,
+    implied: pd.DataFrame | None = None,
 ) -> str:
     lines = [
         f"# Leaderboard: {suite}",
@@ -33,7 +40,7 @@ def render_markdown(
             "Produced by " + "; ".join(f"{k}: {', '.join(v)}" for k, v in provenance.items() if v) + ".",
             "",
         ]
-    for task, rows in board.groupby("task", sort=True):
+    for task, rows in board.groupby("task_display", sort=False):
         first = rows.iloc[0]
         direction = "higher is better" if first["mode"] == "max" else "lower is better"
         lines += [
@@ -41,7 +48,7 @@ def render_markdown(
             "",
             f"Metric: `{first['metric']}` ({direction}); target {_fmt(first['target'])}.",
             "",
-            f"![{task}: {first['metric']} over steps](plots/{task}.png)",
+            f"![{task}: {first['metric']} over steps](plots/{plot_file(str(task))})",
             "",
             "| rank | rule | mean | 95% CI | seeds | diverged | failed | reached target "
             "| steps to target | train s |",
@@ -55,7 +62,68 @@ def render_markdown(
                 f"{_fmt(r['median_steps_to_target'])} | {_fmt(r['median_train_time_s'], 3)} |"
             )
         lines.append("")
+    if theory is not None and not theory.empty:
+        lines += _theory_section(theory)
+    if implied is not None and not implied.empty:
+        lines += _implied_section(implied)
     return "\n".join(lines)
+
+
+def _theory_section(theory: pd.DataFrame) -> list[str]:
+    lines = [
+        "## Theory: departure from the closed forms",
+        "",
+        "For each task with a closed-form reference, each rule's deviation from it: the median over "
+        "seeds, and the worst seed in brackets. `..._error` is relative (0 is exact); `..._ratio` is "
+        "measured over predicted (1 is exact). The references are computed by the task from theory, "
+        "not fitted to the run.",
+        "",
+    ]
+    for task, rows in theory.groupby("task_display", sort=False):
+        quantities = list(dict.fromkeys(rows["quantity"]))
+        lines += [
+            f"### {task}",
+            "",
+            "| rule | " + " | ".join(f"`{q}`" for q in quantities) + " |",
+            "|---|" + "---:|" * len(quantities),
+        ]
+        for rule, group in rows.groupby("rule_display", sort=True):
+            cells = []
+            for q in quantities:
+                hit = group[group["quantity"] == q]
+                if hit.empty:
+                    cells.append("–")
+                else:
+                    r = hit.iloc[0]
+                    cells.append(f"{_fmt(r['median'], 3)} [{_fmt(r['worst'], 3)}]")
+            lines.append(f"| `{rule}` | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def _implied_section(implied: pd.DataFrame) -> list[str]:
+    lines = [
+        "## Implied metric of each rule",
+        "",
+        "Every probed step Δθ read as natural-gradient descent, Δθ = −M⁻¹g: κ* is the smallest "
+        "condition number of an SPD metric M that explains the step (1 for gradient descent), "
+        '"no metric" the fraction of probed steps that no SPD metric explains (g·Δθ ≥ 0), '
+        'cos ψ the cosine between the step and −g, "loss up" the fraction of steps that raised the '
+        'probe batch\'s loss, and "diagonal" the fraction of coordinates no diagonal metric explains.',
+        "",
+        "| rule | runs | probes | median κ* | no metric | median cos ψ | loss up | median block κ* "
+        "| diagonal |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for _, r in implied.iterrows():
+        lines.append(
+            f"| `{r['rule_display']}` | {r['n_runs']} | {r['probes']} | {_fmt(r['median_kappa'], 3)} | "
+            f"{_fmt(r['no_metric_fraction'], 3)} | {_fmt(r['median_cos_psi'], 3)} | "
+            f"{_fmt(r['loss_up_fraction'], 3)} | {_fmt(r['median_block_kappa'], 3)} | "
+            f"{_fmt(r['diag_violation'], 3)} |"
+        )
+    lines.append("")
+    return lines
 
 
 def write_leaderboard(
@@ -64,14 +132,28 @@ def write_leaderboard(
     board: pd.DataFrame,
     n_runs: int,
     provenance: dict[str, list[str]] | None = None,
+    theory: pd.DataFrame | None = None,
+    implied: pd.DataFrame | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``leaderboard.parquet`` and ``leaderboard.md`` into ``folder``, each atomically."""
+    """Write ``leaderboard.parquet`` and ``leaderboard.md`` into ``folder``, each atomically.
+
+    The theory view and the implied-metric summary, when the suite has them, go to
+    ``theory.parquet`` and ``implied_metric.parquet`` beside them.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     parquet = folder / "leaderboard.parquet"
     markdown = folder / "leaderboard.md"
+    _write_parquet(board, parquet)
+    for table, name in ((theory, "theory.parquet"), (implied, "implied_metric.parquet")):
+        if table is not None and not table.empty:
+            _write_parquet(table, folder / name)
     tmp = folder / f".leaderboard.{uuid.uuid4().hex}.tmp"
-    board.to_parquet(tmp, index=False)
-    os.replace(tmp, parquet)
-    tmp.write_text(render_markdown(suite, board, n_runs, provenance) + "\n")
+    tmp.write_text(render_markdown(suite, board, n_runs, provenance, theory, implied) + "\n")
     os.replace(tmp, markdown)
     return parquet, markdown
+
+
+def _write_parquet(table: pd.DataFrame, path: Path) -> None:
+    tmp = path.parent / f".{path.stem}.{uuid.uuid4().hex}.tmp"
+    table.to_parquet(tmp, index=False)
+    os.replace(tmp, path)

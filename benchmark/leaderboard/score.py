@@ -6,6 +6,7 @@ number of seeds, diverged and failed runs, and time-to-target on the training cl
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -14,12 +15,15 @@ import pandas as pd
 import pyarrow as pa
 from scipy import stats
 
+from benchmark.spec import display_name
+
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0  # the leaderboard is a pure function of the store
 
 LEADERBOARD_COLUMNS = [
     "task",
+    "task_display",
     "rank",
     "rule",
     "rule_display",
@@ -59,8 +63,45 @@ def bootstrap_ci(values: np.ndarray, confidence: float = CONFIDENCE) -> tuple[fl
 
 
 def runs_frame(runs: pa.Table) -> pd.DataFrame:
-    """The runs table as a DataFrame, with the final metrics as a dict column."""
-    return runs.to_pandas(maps_as_pydicts="strict")
+    """The runs table as a DataFrame, with the final metrics as a dict column and ``task_display``."""
+    frame = runs.to_pandas(maps_as_pydicts="strict")
+    frame["task_display"] = task_displays(frame) if not frame.empty else pd.Series(dtype=str)
+    return frame
+
+
+def task_displays(frame: pd.DataFrame) -> pd.Series:
+    """Each run's task name, with the options that vary between the suite's runs of that task.
+
+    A suite that runs one task under several options (``sweep: {depth: [2, 8]}``) gets one
+    leaderboard section per variant, e.g. ``saxe_depth[depth=8]``; a task run with one set of
+    options keeps its plain name.
+    """
+    options = frame["task_options_json"].map(lambda text: json.loads(text) if text else {})
+    out = frame["task"].astype(str).copy()
+    for task, index in frame.groupby("task").groups.items():
+        opts = options.loc[index]
+        keys = sorted({k for o in opts for k in o})
+        varying = [k for k in keys if len({json.dumps(o.get(k), sort_keys=True) for o in opts}) > 1]
+        if varying:
+            out.loc[index] = [display_name(str(task), {k: o.get(k) for k in varying}) for o in opts]
+    return out
+
+
+def _display_order(board: pd.DataFrame) -> list[str]:
+    """Task variants in a readable order: by task, then by their options' values (numbers as numbers)."""
+
+    def key(display: str) -> tuple[str, tuple[Any, ...]]:
+        name, _, inner = display.partition("[")
+        values: list[Any] = []
+        for part in inner.rstrip("]").split(",") if inner else []:
+            text = part.partition("=")[2]
+            try:
+                values.append((0, float(text), ""))
+            except ValueError:
+                values.append((1, 0.0, text))
+        return name, tuple(values)
+
+    return sorted(board["task_display"].unique(), key=key)
 
 
 def _to_target(row: pd.Series) -> tuple[float, float]:
@@ -81,7 +122,7 @@ def score_runs(runs: pa.Table) -> pd.DataFrame:
     if frame.empty:
         return pd.DataFrame(columns=LEADERBOARD_COLUMNS)
     rows: list[dict[str, Any]] = []
-    for task, task_runs in frame.groupby("task", sort=True):
+    for display_task, task_runs in frame.groupby("task_display", sort=True):
         done = task_runs[task_runs["status"] != "failed"]
         if done.empty:
             metric, mode, target = "", "max", math.nan
@@ -99,7 +140,8 @@ def score_runs(runs: pa.Table) -> pd.DataFrame:
             reached = np.isfinite(steps_to)
             rows.append(
                 {
-                    "task": task,
+                    "task": task_runs["task"].iloc[0],
+                    "task_display": display_task,
                     "rule": group["rule"].iloc[0],
                     "rule_display": display,
                     "metric": metric,
@@ -120,7 +162,8 @@ def score_runs(runs: pa.Table) -> pd.DataFrame:
             )
     board = pd.DataFrame(rows, columns=[c for c in LEADERBOARD_COLUMNS if c != "rank"])
     ranked = []
-    for _, task_board in board.groupby("task", sort=True):
+    for display_task in _display_order(board):
+        task_board = board[board["task_display"] == display_task]
         ascending = task_board["mode"].iloc[0] == "min"
         task_board = task_board.sort_values(
             ["mean", "rule_display"], ascending=[ascending, True], na_position="last"
