@@ -245,7 +245,7 @@ def _write_board(suite: str, results: Path, required: bool = False) -> tuple[Pat
     from benchmark import store
     from benchmark.leaderboard import provenance_summary, score_runs, write_leaderboard
     from benchmark.leaderboard.score import runs_frame
-    from benchmark.leaderboard.theory import implied_metric_table, theory_table
+    from benchmark.leaderboard.theory import TheoryView, implied_metric_table, theory_table
 
     runs = store.read_runs(results, suite)
     if runs.num_rows == 0 and required:
@@ -253,22 +253,18 @@ def _write_board(suite: str, results: Path, required: bool = False) -> tuple[Pat
     board = score_runs(runs)
     frame = runs_frame(runs)
     folder = store.suite_dir(results, suite)
+    figures: list[tuple[str, str]] = []
     if runs.num_rows:
         from benchmark.leaderboard.plots import curve_frame, plot_file, plot_task_curves
+        from benchmark.leaderboard.theory_plots import draw_theory_plots
 
         curves = curve_frame(frame, store.read_curves(results, suite).to_pandas())
         for task, rows in board.groupby("task_display"):
             metric = str(rows["metric"].iloc[0])
             plot_task_curves(str(task), metric, curves, folder / "plots" / plot_file(str(task)))
-    return write_leaderboard(
-        folder,
-        suite,
-        board,
-        runs.num_rows,
-        provenance_summary(runs),
-        theory=theory_table(frame),
-        implied=implied_metric_table(frame),
-    )
+        figures = draw_theory_plots(frame, curves, folder)
+    view = TheoryView(theory_table(frame), implied_metric_table(frame), figures)
+    return write_leaderboard(folder, suite, board, runs.num_rows, provenance_summary(runs), view)
 
 
 if __name__ == "__main__":

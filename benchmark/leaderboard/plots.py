@@ -20,7 +20,7 @@ import pandas as pd
 
 def plot_file(task_display: str) -> str:
     """The PNG name of a task variant's plot: ``saxe_depth[depth=8]`` → ``saxe_depth-depth=8.png``."""
-    return re.sub(r"[^A-Za-z0-9_.=+-]+", "-", task_display).strip("-") + ".png"
+    return re.sub(r"[^A-Za-z0-9_.=+]+", "-", task_display).strip("-") + ".png"
 
 
 def curve_frame(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.leaderboard.plots import plot_file
+from benchmark.leaderboard.theory import TheoryView
 
 
 def _fmt(value: float, digits: int = 4) -> str:
@@ -23,8 +24,7 @@ def render_markdown(
     board: pd.DataFrame,
     n_runs: int,
     provenance: dict[str, list[str]] | None = None,
-    theory: pd.DataFrame | None = None,
-    implied: pd.DataFrame | None = None,
+    view: TheoryView | None = None,
 ) -> str:
     lines = [
         f"# Leaderboard: {suite}",
@@ -62,23 +62,25 @@ def render_markdown(
                 f"{_fmt(r['median_steps_to_target'])} | {_fmt(r['median_train_time_s'], 3)} |"
             )
         lines.append("")
-    if theory is not None and not theory.empty:
-        lines += _theory_section(theory)
-    if implied is not None and not implied.empty:
-        lines += _implied_section(implied)
+    if view is not None and (not view.deviations.empty or view.figures):
+        lines += _theory_section(view.deviations, view.figures)
+    if view is not None and not view.implied.empty:
+        lines += _implied_section(view.implied)
     return "\n".join(lines)
 
 
-def _theory_section(theory: pd.DataFrame) -> list[str]:
+def _theory_section(theory: pd.DataFrame, figures: list[tuple[str, str]]) -> list[str]:
     lines = [
         "## Theory: departure from the closed forms",
         "",
         "For each task with a closed-form reference, each rule's deviation from it: the median over "
-        "seeds, and the worst seed in brackets. `..._error` is relative (0 is exact); `..._ratio` is "
+        "seeds, and the worst seed in brackets. `..._rel_error` is relative (0 is exact); `..._ratio` is "
         "measured over predicted (1 is exact). The references are computed by the task from theory, "
         "not fitted to the run.",
         "",
     ]
+    for title, name in figures:
+        lines += [f"![{title}](plots/{name})", ""]
     for task, rows in theory.groupby("task_display", sort=False):
         quantities = list(dict.fromkeys(rows["quantity"]))
         lines += [
@@ -132,8 +134,7 @@ def write_leaderboard(
     board: pd.DataFrame,
     n_runs: int,
     provenance: dict[str, list[str]] | None = None,
-    theory: pd.DataFrame | None = None,
-    implied: pd.DataFrame | None = None,
+    view: TheoryView | None = None,
 ) -> tuple[Path, Path]:
     """Write ``leaderboard.parquet`` and ``leaderboard.md`` into ``folder``, each atomically.
 
@@ -144,11 +145,12 @@ def write_leaderboard(
     parquet = folder / "leaderboard.parquet"
     markdown = folder / "leaderboard.md"
     _write_parquet(board, parquet)
-    for table, name in ((theory, "theory.parquet"), (implied, "implied_metric.parquet")):
-        if table is not None and not table.empty:
-            _write_parquet(table, folder / name)
+    if view is not None:
+        for table, name in ((view.deviations, "theory.parquet"), (view.implied, "implied_metric.parquet")):
+            if not table.empty:
+                _write_parquet(table, folder / name)
     tmp = folder / f".leaderboard.{uuid.uuid4().hex}.tmp"
-    tmp.write_text(render_markdown(suite, board, n_runs, provenance, theory, implied) + "\n")
+    tmp.write_text(render_markdown(suite, board, n_runs, provenance, view) + "\n")
     os.replace(tmp, markdown)
     return parquet, markdown
 

@@ -1,9 +1,10 @@
 """The theory view of a leaderboard, and the implied-metric summary of each rule.
 
 Tasks with a closed-form reference log, beside their ordinary metrics, how far the run departed from
-it: final metrics under ``theory/`` whose names end in ``error`` (a relative deviation, e.g.
-``theory/max_rel_error``) or ``ratio`` (a measured/predicted quantity, e.g. ``theory/sharpness_ratio``).
-Those are deviations by naming convention, so the view needs nothing but the store.
+it: final metrics under ``theory/`` whose names end in ``_rel_error`` (a relative deviation, e.g.
+``theory/max_rel_error``) or ``_ratio`` (measured over predicted, e.g. ``theory/sharpness_ratio``).
+Those are deviations by naming convention, so the view needs nothing but the store; reference values
+(``theory/u_0``) and the last evaluation's ``theory/rel_error`` are not listed.
 
 Runs with the implied-metric probe on carry ``metric/run_...`` totals (see :mod:`benchmark.probe`);
 the summary gives, per rule, the median κ* (the best condition number of a metric that explains the
@@ -14,10 +15,22 @@ and the negative gradient.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+
+@dataclass(frozen=True)
+class TheoryView:
+    """What a leaderboard shows beyond the ranking: deviations, implied metrics, theory plots."""
+
+    deviations: pd.DataFrame
+    implied: pd.DataFrame
+    figures: list[tuple[str, str]] = field(default_factory=list)
+    """(title, file name under ``plots/``) of each theory plot."""
+
 
 THEORY_COLUMNS = ["task", "task_display", "rule_display", "quantity", "median", "worst", "n_seeds"]
 IMPLIED_COLUMNS = [
@@ -35,7 +48,7 @@ IMPLIED_COLUMNS = [
 
 def is_deviation(key: str) -> bool:
     """Whether a final metric measures the departure from a closed form (see the module doc)."""
-    return key.startswith("theory/") and key.endswith(("error", "ratio"))
+    return key.startswith("theory/") and key.endswith(("_rel_error", "_ratio"))
 
 
 def theory_table(frame: pd.DataFrame) -> pd.DataFrame:

@@ -47,7 +47,15 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from benchmark.tasks.base import Resources, Target, TaskData, TaskInfo, TaskOptions, seeded_build
+from benchmark.tasks.base import (
+    CurveOverlay,
+    Resources,
+    Target,
+    TaskData,
+    TaskInfo,
+    TaskOptions,
+    seeded_build,
+)
 from benchmark.types import Batch
 
 DEFAULT_STRENGTHS = (3.0, 2.0, 1.5, 1.0, 0.7, 0.5, 0.3, 0.2)
@@ -222,4 +230,5 @@ SAXE_MODES = TaskInfo(
     eval_every=10,
     resources=Resources(cpus=1, gpus=0),
     reference="https://arxiv.org/abs/1312.6120",
+    theory_plots=(CurveOverlay("mode strengths over eq. 12", measured="modes/u_{k}", theory="theory/u_{k}"),),
 )

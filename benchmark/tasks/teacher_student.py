@@ -48,7 +48,16 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from benchmark.tasks.base import Resources, Target, TaskData, TaskInfo, TaskOptions, seeded_build
+from benchmark.tasks.base import (
+    CurveOverlay,
+    OptionSweepPlot,
+    Resources,
+    Target,
+    TaskData,
+    TaskInfo,
+    TaskOptions,
+    seeded_build,
+)
 from benchmark.tasks.saxe import summed_squared_error
 from benchmark.types import Batch
 
@@ -205,4 +214,14 @@ TEACHER_STUDENT = TaskInfo(
     eval_every=50,
     resources=Resources(cpus=1, gpus=0),
     reference="https://arxiv.org/abs/1710.03667",
+    theory_plots=(
+        CurveOverlay(
+            "test error over its exact curve and the Marchenko–Pastur seed mean",
+            measured="test/error",
+            theory="theory/test_error",
+            references=(("theory/test_error_mp", "Marchenko–Pastur"),),
+            log_y=True,
+        ),
+        OptionSweepPlot("final test error against α = P/N", option="alpha", metric="test/error"),
+    ),
 )

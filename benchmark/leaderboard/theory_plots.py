@@ -1,0 +1,126 @@
+"""Theory plots: runs drawn against their task's closed form, as the task's registry entry declares.
+
+- :class:`~benchmark.tasks.base.CurveOverlay`: measured curves (mean over seeds) over the theory
+  curves, one panel per rule, e.g. Saxe et al.'s mode strengths over their eq. 12 sigmoids.
+- :class:`~benchmark.tasks.base.OptionSweepPlot`: a final metric against a task option across the
+  suite's variants of that task, one line per rule, e.g. the grokking delay against the training
+  fraction.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import textwrap
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from benchmark.leaderboard.plots import plot_file, save_figure
+from benchmark.tasks.base import CurveOverlay, OptionSweepPlot
+
+MAX_PANELS = 6
+"""Rules drawn per overlay figure; a suite with more rules shows the first ones, by name."""
+
+
+def draw_theory_plots(frame: pd.DataFrame, curves: pd.DataFrame, folder: Path) -> list[tuple[str, str]]:
+    """Draw every theory plot the suite's tasks declare into ``folder``; returns (title, file name).
+
+    ``frame`` is :func:`benchmark.leaderboard.score.runs_frame`'s frame, ``curves`` is
+    :func:`benchmark.leaderboard.plots.curve_frame`'s.
+    """
+    from benchmark.tasks import TASKS
+
+    figures: list[tuple[str, str]] = []
+    ok = frame[frame["status"] != "failed"]
+    for task in sorted(ok["task"].unique()):
+        if task not in TASKS:
+            continue
+        for i, spec in enumerate(TASKS.get(task).theory_plots):
+            if isinstance(spec, CurveOverlay):
+                for display in sorted(ok.loc[ok["task"] == task, "task_display"].unique()):
+                    name = plot_file(f"{display}-theory-{i}")
+                    rows = curves[curves["task_display"] == display]
+                    if _overlay(spec, display, rows, folder / "plots" / name):
+                        figures.append((f"{display}: {spec.title}", name))
+            else:
+                name = plot_file(f"{task}-theory-{i}")
+                if _option_sweep(spec, str(task), ok[ok["task"] == task], folder / "plots" / name):
+                    figures.append((f"{task}: {spec.title}", name))
+    return figures
+
+
+def _keys(pattern: str, available: set[str]) -> list[tuple[str, str]]:
+    """(k, key) for each curve key matching ``pattern`` (``{k}`` → an integer), in k order."""
+    if "{k}" not in pattern:
+        return [("", pattern)] if pattern in available else []
+    regex = re.compile(re.escape(pattern).replace(re.escape("{k}"), r"(\d+)") + "$")
+    found = [(m.group(1), key) for key in available if (m := regex.match(key))]
+    return sorted(found, key=lambda item: int(item[0]))
+
+
+def _overlay(spec: CurveOverlay, display: str, rows: pd.DataFrame, path: Path) -> bool:
+    available = set(rows["key"].unique())
+    measured = _keys(spec.measured, available)
+    if not measured:
+        return False
+    rules = sorted(rows["rule_display"].unique())[:MAX_PANELS]
+    cols = min(len(rules), 3)
+    nrows = math.ceil(len(rules) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(max(6.4, 4.2 * cols), 3.6 * nrows), dpi=110, squeeze=False)
+    for ax, rule in zip(axes.flat, rules, strict=False):
+        mine = rows[rows["rule_display"] == rule]
+        for index, (k, key) in enumerate(measured):
+            color = f"C{index % 10}"
+            mean = mine[mine["key"] == key].groupby("step")["value"].mean()
+            ax.plot(mean.index, mean.to_numpy(), color=color, linewidth=1.6, label=f"measured {k}".strip())
+            theory_key = spec.theory.replace("{k}", k)
+            theory = mine[mine["key"] == theory_key].groupby("step")["value"].mean()
+            ax.plot(theory.index, theory.to_numpy(), color="black", linestyle="--", linewidth=0.9)
+        for key, label in spec.references:
+            ref = mine[mine["key"] == key].groupby("step")["value"].mean()
+            ax.plot(ref.index, ref.to_numpy(), color="grey", linestyle=":", linewidth=1.4, label=label)
+        ax.plot([], [], color="black", linestyle="--", linewidth=0.9, label="theory")
+        ax.set_title(rule if len(rule) <= 48 else rule[:45] + "...", fontsize="small")
+        ax.set_xlabel("step")
+        if spec.log_y:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(rules) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize="x-small")
+    fig.suptitle(textwrap.fill(f"{display}: {spec.title}", 70), fontsize="medium")
+    fig.tight_layout()
+    save_figure(fig, path)
+    return True
+
+
+def _option_sweep(spec: OptionSweepPlot, task: str, runs: pd.DataFrame, path: Path) -> bool:
+    options = runs["task_options_json"].map(lambda text: json.loads(text) if text else {})
+    x = options.map(lambda o: o.get(spec.option))
+    y = runs["final"].map(lambda f: (f or {}).get(spec.metric, math.nan))
+    table = pd.DataFrame({"rule": runs["rule_display"], "x": x, "y": y.astype(float)}).dropna(subset=["x"])
+    if table["x"].nunique() < 2:
+        return False
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    # Runs without the metric (e.g. never grokked) are left out of that point's mean.
+    for rule, group in table[np.isfinite(table["y"])].groupby("rule", sort=True):
+        stats = group.groupby("x")["y"].agg(["mean", "min", "max"]).reset_index()
+        (line,) = ax.plot(stats["x"], stats["mean"], marker="o", label=str(rule), linewidth=1.5)
+        ax.fill_between(stats["x"], stats["min"], stats["max"], color=line.get_color(), alpha=0.15)
+    ax.set_xlabel(spec.option)
+    ax.set_ylabel(spec.metric)
+    ax.set_title(f"{task}: {spec.title}")
+    if spec.log_y:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    save_figure(fig, path)
+    return True
