@@ -262,7 +262,10 @@ def _write_board(suite: str, results: Path, required: bool = False) -> tuple[Pat
         for task, rows in board.groupby("task_display"):
             metric = str(rows["metric"].iloc[0])
             plot_task_curves(str(task), metric, curves, folder / "plots" / plot_file(str(task)))
-        figures = draw_theory_plots(frame, curves, folder)
+        from benchmark.tasks import TASKS
+
+        declared = {name: info.theory_plots for name, info in TASKS.items()}
+        figures = draw_theory_plots(frame, curves, declared, folder)
     view = TheoryView(theory_table(frame), implied_metric_table(frame), figures)
     return write_leaderboard(folder, suite, board, runs.num_rows, provenance_summary(runs), view)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from torch import Tensor
 
@@ -17,3 +18,32 @@ Metrics = Mapping[str, float]
 
 Report = Callable[[int, Metrics], None]
 """``report(step, metrics)``: how a run tells the outside world about an evaluation."""
+
+
+@dataclass(frozen=True, slots=True)
+class CurveOverlay:
+    """A theory plot: measured curves drawn over their closed forms, one panel per rule.
+
+    ``measured`` and ``theory`` are curve keys; a ``{k}`` in both stands for 0, 1, 2, ... (one line
+    per mode). ``references`` are further theory curves, as (key, label), drawn as reference lines.
+    """
+
+    title: str
+    measured: str
+    theory: str
+    references: tuple[tuple[str, str], ...] = ()
+    log_y: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class OptionSweepPlot:
+    """A theory plot: a final metric against a task option across the suite's variants, per rule."""
+
+    title: str
+    option: str
+    metric: str
+    log_y: bool = False
+
+
+TheoryPlot = CurveOverlay | OptionSweepPlot
+"""A plot of runs against a task's closed form, declared by the task and drawn by the leaderboard."""

@@ -1,8 +1,8 @@
 """Theory plots: runs drawn against their task's closed form, as the task's registry entry declares.
 
-- :class:`~benchmark.tasks.base.CurveOverlay`: measured curves (mean over seeds) over the theory
+- :class:`~benchmark.types.CurveOverlay`: measured curves (mean over seeds) over the theory
   curves, one panel per rule, e.g. Saxe et al.'s mode strengths over their eq. 12 sigmoids.
-- :class:`~benchmark.tasks.base.OptionSweepPlot`: a final metric against a task option across the
+- :class:`~benchmark.types.OptionSweepPlot`: a final metric against a task option across the
   suite's variants of that task, one line per rule, e.g. the grokking delay against the training
   fraction.
 """
@@ -13,6 +13,7 @@ import json
 import math
 import re
 import textwrap
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -23,26 +24,25 @@ import numpy as np
 import pandas as pd
 
 from benchmark.leaderboard.plots import plot_file, save_figure
-from benchmark.tasks.base import CurveOverlay, OptionSweepPlot
+from benchmark.types import CurveOverlay, OptionSweepPlot, TheoryPlot
 
 MAX_PANELS = 6
 """Rules drawn per overlay figure; a suite with more rules shows the first ones, by name."""
 
 
-def draw_theory_plots(frame: pd.DataFrame, curves: pd.DataFrame, folder: Path) -> list[tuple[str, str]]:
-    """Draw every theory plot the suite's tasks declare into ``folder``; returns (title, file name).
+def draw_theory_plots(
+    frame: pd.DataFrame, curves: pd.DataFrame, declared: Mapping[str, Sequence[TheoryPlot]], folder: Path
+) -> list[tuple[str, str]]:
+    """Draw the theory plots that ``declared`` names per task into ``folder``; returns (title, file).
 
     ``frame`` is :func:`benchmark.leaderboard.score.runs_frame`'s frame, ``curves`` is
-    :func:`benchmark.leaderboard.plots.curve_frame`'s.
+    :func:`benchmark.leaderboard.plots.curve_frame`'s. The declarations come from the task registry
+    through the caller, so the leaderboard itself depends only on the store.
     """
-    from benchmark.tasks import TASKS
-
     figures: list[tuple[str, str]] = []
     ok = frame[frame["status"] != "failed"]
     for task in sorted(ok["task"].unique()):
-        if task not in TASKS:
-            continue
-        for i, spec in enumerate(TASKS.get(task).theory_plots):
+        for i, spec in enumerate(declared.get(task, ())):
             if isinstance(spec, CurveOverlay):
                 for display in sorted(ok.loc[ok["task"] == task, "task_display"].unique()):
                     name = plot_file(f"{display}-theory-{i}")

@@ -11,7 +11,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
-from benchmark.types import Batch, LossFn
+from benchmark.types import Batch, LossFn, TheoryPlot
 
 
 class TaskOptions(BaseModel):
@@ -56,31 +56,6 @@ class TaskData:
 
 
 @dataclass(frozen=True, slots=True)
-class CurveOverlay:
-    """A theory plot: measured curves drawn over their closed forms, one panel per rule.
-
-    ``measured`` and ``theory`` are curve keys; a ``{k}`` in both stands for 0, 1, 2, ... (one line
-    per mode). ``references`` are further theory curves, as (key, label), drawn as reference lines.
-    """
-
-    title: str
-    measured: str
-    theory: str
-    references: tuple[tuple[str, str], ...] = ()
-    log_y: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class OptionSweepPlot:
-    """A theory plot: a final metric against a task option across the suite's variants, per rule."""
-
-    title: str
-    option: str
-    metric: str
-    log_y: bool = False
-
-
-@dataclass(frozen=True, slots=True)
 class TaskInfo:
     """A task's registry entry.
 
@@ -112,7 +87,7 @@ class TaskInfo:
     eval_every: int
     resources: Resources = Resources()
     reference: str = ""
-    theory_plots: tuple[CurveOverlay | OptionSweepPlot, ...] = ()
+    theory_plots: tuple[TheoryPlot, ...] = ()
 
     def defaults(self) -> dict[str, Any]:
         return self.options().model_dump(mode="json")

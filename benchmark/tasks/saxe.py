@@ -48,7 +48,6 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from benchmark.tasks.base import (
-    CurveOverlay,
     Resources,
     Target,
     TaskData,
@@ -56,7 +55,7 @@ from benchmark.tasks.base import (
     TaskOptions,
     seeded_build,
 )
-from benchmark.types import Batch
+from benchmark.types import Batch, CurveOverlay
 
 DEFAULT_STRENGTHS = (3.0, 2.0, 1.5, 1.0, 0.7, 0.5, 0.3, 0.2)
 

@@ -49,8 +49,6 @@ from pydantic import Field
 from torch import nn
 
 from benchmark.tasks.base import (
-    CurveOverlay,
-    OptionSweepPlot,
     Resources,
     Target,
     TaskData,
@@ -59,7 +57,7 @@ from benchmark.tasks.base import (
     seeded_build,
 )
 from benchmark.tasks.saxe import summed_squared_error
-from benchmark.types import Batch
+from benchmark.types import Batch, CurveOverlay, OptionSweepPlot
 
 F64 = torch.float64
 QUADRATURE_NODES = 4_000
