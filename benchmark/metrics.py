@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -184,7 +186,9 @@ def save_weight_histogram(
         figure.suptitle(title, fontsize=9)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
+    tmp = path.parent / f".{path.stem}.{uuid.uuid4().hex}.png"
+    figure.savefig(tmp, dpi=100)
+    os.replace(tmp, path)  # a reader (MLflow) never sees half a file
     return path
 
 

@@ -174,6 +174,7 @@ def expand(suite: Suite, path: str | Path, code_version: str = "") -> Plan:
                 budget=budget,
                 code_version=code_version,
                 shown=tuple(sorted(entry_keys[rule.name])),
+                artifacts=tuple(suite.artifacts),
             )
             label = f"{task.name} × {spec.rule_display} × seed {seed}"
             if spec.run_id in seen:

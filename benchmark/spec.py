@@ -11,7 +11,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictInt, ValidationError
@@ -72,6 +72,9 @@ class Suite(_Frozen):
     rules: Annotated[list[RuleEntry], Field(min_length=1)]
     seeds: Annotated[list[Annotated[StrictInt, Field(ge=0)]], Field(min_length=1)]
     budget: Budget
+    artifacts: list[Literal["weight_histogram"]] = []
+    """End-of-run files each run writes and MLflow keeps: ``weight_histogram`` is a PNG of each
+    layer's weight magnitudes (log10 |w|) at init and at the end, with a log-normal fit."""
 
 
 class RunSpec(_Frozen):
@@ -87,13 +90,17 @@ class RunSpec(_Frozen):
     code_version: str = ""
     shown: tuple[str, ...] | None = None
     """Hyperparameters to show in the display name (the suite's explicit ones); None shows all."""
+    artifacts: tuple[str, ...] = ()
+    """End-of-run files to write (the suite's ``artifacts``); they do not change the result."""
 
     def identity(self) -> dict[str, Any]:
         """Everything that changes the run's result (the code version is recorded, not hashed).
 
         Unset optional fields are left out, so adding one later keeps earlier runs' hashes.
         """
-        return self.model_dump(mode="json", exclude={"suite", "code_version", "shown"}, exclude_none=True)
+        return self.model_dump(
+            mode="json", exclude={"suite", "code_version", "shown", "artifacts"}, exclude_none=True
+        )
 
     @property
     def run_id(self) -> str:

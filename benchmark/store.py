@@ -4,6 +4,7 @@ Layout under the results folder::
 
     <results>/<suite>/runs/<run_id>.parquet     one row: identity, status, final metrics, curve, provenance
     <results>/<suite>/curves/<run_id>.parquet   long table: run_id, step, train_time_s, key, value
+    <results>/<suite>/artifacts/<run_id>/       end-of-run files the suite asks for (PNG plots)
 
 Each file is written to a hidden temporary name in the same folder, flushed, then renamed over its
 final name, so a reader never sees half a file, a kill leaves only a hidden temporary (which readers
@@ -91,6 +92,11 @@ def runs_dir(results: Path, suite: str) -> Path:
 
 def curves_dir(results: Path, suite: str) -> Path:
     return suite_dir(results, suite) / "curves"
+
+
+def artifacts_dir(results: Path, spec: RunSpec) -> Path:
+    """Where a run's end-of-run files go: ``<results>/<suite>/artifacts/<run_id>/``."""
+    return suite_dir(results, spec.suite) / "artifacts" / spec.run_id
 
 
 def run_row(spec: RunSpec, result: RunResult) -> dict[str, Any]:

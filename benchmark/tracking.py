@@ -211,11 +211,17 @@ class Tracker:
 
         self._submit(log)
 
-    def end_run(self, run_id: str, status: str) -> None:
+    def end_run(self, run_id: str, status: str, artifacts: Path | None = None) -> None:
+        """Close the run's MLflow run; the files in ``artifacts`` (if any) become its artifacts."""
+
         def end() -> None:
             child = self._children.pop(run_id, None)
             if child is None:
                 return
+            if artifacts is not None and artifacts.is_dir():
+                for path in sorted(artifacts.iterdir()):
+                    if path.is_file() and not path.name.startswith("."):
+                        self._client.log_artifact(child, str(path))
             self._client.set_tag(child, STATUS_TAG, status)
             self._client.set_terminated(child, "FAILED" if status == "failed" else "FINISHED")
 

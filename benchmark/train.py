@@ -10,11 +10,12 @@ import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Literal
 
 import torch
 
-from benchmark.metrics import Clock, brain_metrics, parameter_snapshot
+from benchmark.metrics import Clock, brain_metrics, parameter_snapshot, save_weight_histogram
 from benchmark.probe import ImpliedMetricProbe
 from benchmark.provenance import device_name, pick_device
 from benchmark.rules import RULES, OptimizerRule
@@ -55,8 +56,17 @@ def no_report(step: int, metrics: Metrics) -> None:
     """The default ``report``: tell nobody."""
 
 
-def run(spec: RunSpec, report: Report = no_report, device: torch.device | None = None) -> RunResult:
-    """Train ``spec`` to its budget and return what happened."""
+def run(
+    spec: RunSpec,
+    report: Report = no_report,
+    device: torch.device | None = None,
+    artifacts_dir: Path | None = None,
+) -> RunResult:
+    """Train ``spec`` to its budget and return what happened.
+
+    The end-of-run files that ``spec.artifacts`` names are written into ``artifacts_dir`` (none
+    when it is None), e.g. ``weight_histogram.png``.
+    """
     started_at = datetime.now(UTC)
     wall_start = time.perf_counter()
     device = device or pick_device()
@@ -136,6 +146,9 @@ def run(spec: RunSpec, report: Report = no_report, device: torch.device | None =
         final.update(data.finalize(model))
         if probe is not None:
             final.update(probe.totals())
+        if artifacts_dir is not None and "weight_histogram" in spec.artifacts:
+            title = f"{spec.task} · {spec.rule_display} · seed {spec.seed}"
+            save_weight_histogram(model, artifacts_dir / "weight_histogram.png", initial, title=title)
     return RunResult(
         run_id=spec.run_id,
         status=status,

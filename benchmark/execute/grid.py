@@ -86,7 +86,8 @@ def _trainable(config: dict[str, Any]) -> None:
     def report(step: int, metrics: dict[str, float] | Any) -> None:
         tune.report({STEP_KEY: step, **metrics, **_objective(spec, metrics)})
 
-    result = train.run(spec, report)
+    artifacts = store.artifacts_dir(results, spec) if spec.artifacts else None
+    result = train.run(spec, report, artifacts_dir=artifacts)
     store.write_run(results, spec, result)
     last = result.curve[-1].metrics if result.curve else {}
     extra = {k: v for k, v in result.final.items() if k not in last}
@@ -176,7 +177,8 @@ class _GridCallback(tune.Callback):
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         spec = self._spec(trial)
         status = str((trial.last_result or {}).get(STATUS_KEY, "ok"))
-        self.tracker.end_run(spec.run_id, status)
+        artifacts = store.artifacts_dir(self.results, spec) if spec.artifacts else None
+        self.tracker.end_run(spec.run_id, status, artifacts)
         (self.outcome.diverged if status == "diverged" else self.outcome.completed).append(spec.run_id)
         self.progress.update(_label(spec), status)
 

@@ -37,7 +37,7 @@ def _run_files(results: Path, suite: str) -> dict[str, float]:
 def test_tiny_grid_end_to_end_then_resume_adds_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    suite = write_suite(tmp_path / "tiny.yaml", **tiny_suite())
+    suite = write_suite(tmp_path / "tiny.yaml", **tiny_suite(), artifacts=["weight_histogram"])
     results = tmp_path / "results"
     uri = f"sqlite:///{tmp_path}/track.db"
     args = ["run", str(suite), "--results", str(results), "--tracking-uri", uri]
@@ -62,6 +62,9 @@ def test_tiny_grid_end_to_end_then_resume_adds_nothing(
         assert "hparams.lr" in child.data.params
         history = MlflowClient(tracking_uri=uri).get_metric_history(child.info.run_id, "test/accuracy")
         assert [m.step for m in history] == [0, 10, 20, 30]
+        artifacts = MlflowClient(tracking_uri=uri).list_artifacts(child.info.run_id)
+        assert [a.path for a in artifacts] == ["weight_histogram.png"]
+        assert artifacts[0].file_size > 5000
     board = (results / "tiny" / "leaderboard.md").read_text()
     assert "## digits_mlp" in board
     assert "## mnist1d_mlp" in board
