@@ -15,8 +15,16 @@ Shoji, Suzuki & Kozachkov (2024) show that a step that improves a loss can be wr
 
 For a discrete step the gradient at the start is not the whole story; the mean-value gradient
 ``ḡ = ∫₀¹ ∇L(θ₀ + sΔθ) ds`` satisfies ``ḡ·Δθ = L(θ₁) − L(θ₀)`` exactly, so an SPD metric mapping ``ḡ``
-to the step exists iff the step lowered the loss. We integrate it with Gauss–Legendre nodes (2 by
-default, exact for a cubic loss along the segment), one backward pass per node.
+to the step exists iff the step lowered the loss. We integrate it with ``n`` new gradients (``nodes``,
+2 by default), exact when the gradient along the segment is a polynomial of degree ``2n − 1`` (cubic
+for ``n = 2``), in one of two ways:
+
+- ``"legendre"`` (default, as the issue and references/dynamics.md §1 specify): Gauss–Legendre
+  with ``n`` interior points; L(θ₁) costs one more forward.
+- ``"lobatto"``: Gauss–Lobatto with ``n + 1`` points, both ends included. The end at θ₀ reuses the
+  gradient that the probe already holds, and the end at θ₁ gives the loss after the step from the
+  same forward pass, so it is cheaper. With ``n = 2`` it is Simpson's rule, nodes 0, ½, 1; its
+  error constant is larger (1/2880 against 1/4320, times the fourth derivative).
 
 Everything here is O(parameters) in memory: dot products and norms of flat vectors, never a D×D
 matrix (:func:`optimal_metric` builds one for tests on tiny D only).
@@ -28,17 +36,25 @@ Metrics (``metric/...``, a window summary at each evaluation and run totals at t
 block per parameter tensor), ``diag_violation`` (fraction of coordinates no diagonal metric can
 explain) and ``probes``.
 
-When not to use: every probe costs about three forward-backward passes (the gradient at θ₀ and
-two Gauss–Legendre nodes), so probe sparsely on expensive models; rules that draw randomness
-inside the step are probed on the same batch but their noise is part of the step being explained.
+Cost: ``nodes`` forward-backward passes (with ``"legendre"``, one more forward for L(θ₁)), plus one
+more forward-backward for the gradient at θ₀ unless the rule's own step leaves it in ``.grad``
+(``grad_from_rule``, as ``train.run`` does for :class:`~benchmark.rules.base.OptimizerRule`). The
+O(D) reductions use multi-tensor kernels and one host sync (``benchmarks/implied_metric.py``
+measures the total).
+
+When not to use: on expensive models probe sparsely (``probe_every``), since each probe costs about
+two to three training steps; rules that draw randomness inside the step are probed on the same
+batch but their noise is part of the step being explained.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -155,11 +171,28 @@ def optimal_metric(g: Tensor, u: Tensor) -> Tensor:
 
 
 GAUSS_LEGENDRE_NODES_MAX = 3
+Quadrature = Literal["lobatto", "legendre"]
 
 
+@functools.cache
 def gauss_legendre_on_unit(n: int) -> tuple[list[float], list[float]]:
     """Nodes and weights of ``n``-point Gauss–Legendre quadrature on [0, 1] (exact to degree 2n−1)."""
     x, w = np.polynomial.legendre.leggauss(n)
+    return [float((xi + 1) / 2) for xi in x], [float(wi / 2) for wi in w]
+
+
+@functools.cache
+def gauss_lobatto_on_unit(n: int) -> tuple[list[float], list[float]]:
+    """Nodes and weights of ``n``-point Gauss–Lobatto quadrature on [0, 1], ends included (degree 2n−3).
+
+    The interior nodes are the roots of ``P'_{n−1}`` (on [−1, 1]) and every weight is
+    ``2/(n(n−1)P_{n−1}(x)²)``; ``n = 2`` is the trapezoid rule and ``n = 3`` Simpson's.
+    """
+    if n < 2:
+        raise ValueError(f"Gauss–Lobatto needs at least 2 points, got {n}")
+    legendre = np.polynomial.legendre.Legendre.basis(n - 1)
+    x = np.concatenate([[-1.0], np.sort(legendre.deriv().roots().real), [1.0]])
+    w = 2.0 / (n * (n - 1) * legendre(x) ** 2)
     return [float((xi + 1) / 2) for xi in x], [float(wi / 2) for wi in w]
 
 
@@ -167,19 +200,21 @@ def gauss_legendre_on_unit(n: int) -> tuple[list[float], list[float]]:
 # The probe: wraps one training step with O(D) memory.
 
 
-def _dots(g: Tensor, step: Tensor) -> tuple[float, float, float]:
-    """``(g·g, u·u, u·g)`` of one tensor with ``u = −step``, in its own dtype (torch sums blockwise)."""
-    gv, sv = g.reshape(-1), step.reshape(-1)
-    return float(gv @ gv), float(sv @ sv), -float(sv @ gv)
+def _dot_table(grads: list[Tensor], means: list[Tensor], steps: list[Tensor]) -> list[list[float]]:
+    """Per tensor ``[g·g, u·u, u·g, ḡ·ḡ, u·ḡ, diagonal violations]`` with ``u = −step``, in one host sync.
 
-
-def _diagonal_violations(g: Tensor, step: Tensor) -> int:
-    """Coordinates with ``u_i g_i ≤ 0`` (``u = −step``), except where both are 0."""
-    product = step * g
-    violations = int(torch.count_nonzero(product >= 0))
-    if violations:  # coordinates with neither gradient nor step (dead units) constrain nothing
-        violations -= int(torch.count_nonzero((g == 0) & (step == 0)))
-    return violations
+    The dots are taken in each tensor's own dtype (torch sums blockwise) and stacked on the device,
+    so that a GPU run waits once, not once per tensor and quantity. A coordinate is a diagonal
+    violation unless ``u_i g_i > 0`` or both are 0, i.e. unless ``sign(step_i) = −sign(g_i)``: two
+    sign passes and a count, and, unlike the product ``step_i·g_i``, it cannot underflow to 0.
+    """
+    rows = []
+    for g, m, s in zip(grads, means, steps, strict=True):
+        gv, mv, sv = g.reshape(-1), m.reshape(-1), s.reshape(-1)
+        mismatch = torch.count_nonzero(torch.sign(sv).add_(torch.sign(gv)))
+        dots = torch.stack([gv @ gv, sv @ sv, -(sv @ gv), mv @ mv, -(sv @ mv)]).double()
+        rows.append(torch.cat([dots, mismatch.double()[None]]))  # float64 counts stay exact to 2⁵³
+    return torch.stack(rows).tolist() if rows else []
 
 
 @dataclass(slots=True)
@@ -207,7 +242,10 @@ class ImpliedMetricProbe:
     Args:
         model: the model the rule trains.
         loss_fn: the task's loss.
-        nodes: Gauss–Legendre nodes for the mean-value gradient (default 2; 1 to 3).
+        nodes: new gradients (backward passes) for the mean-value gradient (default 2; 1 to 3).
+        quadrature: ``"legendre"`` (default: ``nodes`` interior points, and one more forward for
+            L(θ₁)) or ``"lobatto"`` (the two ends plus ``nodes − 1`` interior points, and L(θ₁)
+            from the end's forward); the same degree of exactness, ``2·nodes − 1`` in the gradient.
         grad_from_rule: read ``g`` at θ₀ from the parameters' ``.grad`` after the step instead of
             computing it in :meth:`before` (saves one forward-backward). Only for rules whose step
             leaves ``∇L(θ₀)`` of the batch in ``.grad`` untouched, such as :class:`OptimizerRule`
@@ -218,6 +256,7 @@ class ImpliedMetricProbe:
     loss_fn: LossFn
     nodes: int = 2
     grad_from_rule: bool = False
+    quadrature: Quadrature = "legendre"
     _theta0: list[Tensor] = field(default_factory=list)
     _grad0: list[Tensor] = field(default_factory=list)
     _loss0: float = math.nan
@@ -226,33 +265,36 @@ class ImpliedMetricProbe:
 
     def __post_init__(self) -> None:
         if not 1 <= self.nodes <= GAUSS_LEGENDRE_NODES_MAX:
-            raise ValueError(f"Invalid number of Gauss–Legendre nodes: {self.nodes}")
+            raise ValueError(f"Invalid number of quadrature nodes: {self.nodes}")
+        if self.quadrature not in ("lobatto", "legendre"):
+            raise ValueError(f"Invalid quadrature: {self.quadrature}")
 
     def _params(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
-    def _loss_and_grad(self, batch: Batch) -> tuple[float, list[Tensor]]:
-        params = self._params()
+    def _loss_and_grad(self, batch: Batch, params: list[nn.Parameter]) -> tuple[Tensor, list[Tensor]]:
         inputs, targets = batch
         loss = self.loss_fn(self.model(inputs), targets)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
-        return float(loss.detach()), [
+        return loss.detach(), [
             torch.zeros_like(p) if gr is None else gr.detach() for p, gr in zip(params, grads, strict=True)
         ]
 
-    def _fork(self) -> AbstractContextManager[object]:
+    def _fork(self, params: list[nn.Parameter]) -> AbstractContextManager[object]:
         # Forward passes with dropout draw random numbers; the run's own stream must not move.
-        devices = [p.device for p in self._params() if p.device.type == "cuda"][:1]
+        devices = [p.device for p in params if p.device.type == "cuda"][:1]
         return torch.random.fork_rng(devices=devices)
 
     def before(self, batch: Batch) -> None:
         """Save θ₀ and, unless ``grad_from_rule``, the gradient at θ₀ on ``batch`` (one forward-backward)."""
-        self._theta0 = [p.detach().clone() for p in self._params()]
+        params = self._params()
+        self._theta0 = [p.detach().clone() for p in params]
         if self.grad_from_rule:
             return
         buffers = [b.detach().clone() for b in self.model.buffers()]
-        with self._fork():
-            self._loss0, self._grad0 = self._loss_and_grad(batch)
+        with self._fork(params):
+            loss0, self._grad0 = self._loss_and_grad(batch, params)
+        self._loss0 = float(loss0)
         for b, saved in zip(self.model.buffers(), buffers, strict=True):
             b.copy_(saved)  # a BatchNorm forward must not move the running statistics
 
@@ -260,50 +302,68 @@ class ImpliedMetricProbe:
         """Measure the step just taken; returns this probe's own ``metric/...`` values.
 
         ``loss0`` is the loss at θ₀ on ``batch`` as the rule reported it; needed with ``grad_from_rule``.
+        Cost: ``nodes`` forward-backward passes (plus a forward at θ₁ with ``"legendre"``); the rest
+        is a few O(D) passes with multi-tensor (``torch._foreach_*``) kernels and a single host sync.
         """
         params = self._params()
+        buffers = list(self.model.buffers())
         if self.grad_from_rule:
             if loss0 is None:
                 raise ValueError("grad_from_rule needs the step's loss at θ₀ (loss0)")
             self._loss0 = loss0
             # No copy: the probe only reads it, and the rule's next step replaces .grad.
             self._grad0 = [torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in params]
-        theta1 = [p.detach().clone() for p in params]
-        buffers = [b.detach().clone() for b in self.model.buffers()]
-        steps = [t1 - t0 for t1, t0 in zip(theta1, self._theta0, strict=True)]
-        xs, ws = gauss_legendre_on_unit(self.nodes)
-        mean_grad = [torch.zeros_like(s) for s in steps]
-        with self._fork(), torch.no_grad():
-            inputs, targets = batch
-            loss1 = float(self.loss_fn(self.model(inputs), targets))  # the model is at θ₁ now
-        with self._fork():
+        with torch.no_grad():
+            theta1 = [p.detach().clone() for p in params]
+            saved_buffers = [b.detach().clone() for b in buffers]
+            steps = torch._foreach_sub(theta1, self._theta0)
+        mean_grad: list[Tensor] = []
+
+        def accumulate(grads: list[Tensor], weight: float, fresh: bool) -> None:
+            nonlocal mean_grad
+            if mean_grad:
+                torch._foreach_add_(mean_grad, grads, alpha=weight)
+            elif fresh:  # a backward's own gradients: scale them in place
+                torch._foreach_mul_(grads, weight)
+                mean_grad = grads
+            else:
+                mean_grad = torch._foreach_mul(grads, weight)
+
+        with self._fork(params):
+            if self.quadrature == "lobatto":
+                xs, ws = gauss_lobatto_on_unit(self.nodes + 1)
+                loss1, grads = self._loss_and_grad(batch, params)  # the model is at θ₁ (s = 1)
+                accumulate(grads, ws[-1], fresh=True)
+                accumulate(self._grad0, ws[0], fresh=False)  # s = 0: the gradient already held
+                xs, ws = xs[1:-1], ws[1:-1]
+            else:
+                xs, ws = gauss_legendre_on_unit(self.nodes)
+                with torch.no_grad():
+                    inputs, targets = batch
+                    loss1 = self.loss_fn(self.model(inputs), targets)  # read after the sync below
             for x, w in zip(xs, ws, strict=True):
                 with torch.no_grad():
-                    for p, t0, s in zip(params, self._theta0, steps, strict=True):
-                        p.copy_(t0).add_(s, alpha=x)
-                _, grads = self._loss_and_grad(batch)
-                for acc, gr in zip(mean_grad, grads, strict=True):
-                    acc.add_(gr, alpha=w)
+                    torch._foreach_copy_(params, self._theta0)
+                    torch._foreach_add_(params, steps, alpha=x)
+                accumulate(self._loss_and_grad(batch, params)[1], w, fresh=True)
         with torch.no_grad():
-            for p, t1 in zip(params, theta1, strict=True):
-                p.copy_(t1)
-            for b, saved in zip(self.model.buffers(), buffers, strict=True):
+            torch._foreach_copy_(params, theta1)
+            for b, saved in zip(buffers, saved_buffers, strict=True):
                 b.copy_(saved)
 
-        # Per-tensor dot products (no flat copies): u = −Δθ, so u·g = −Δθ·g.
-        dots = [_dots(gr, s) for gr, s in zip(self._grad0, steps, strict=True)]
-        geo = geometry_from_dots(*(sum(d[i] for d in dots) for i in range(3)))
-        mv_dots = [_dots(m, s) for m, s in zip(mean_grad, steps, strict=True)]
-        mv = geometry_from_dots(*(sum(d[i] for d in mv_dots) for i in range(3)))
-        bk = block_kappa_from_dots(dots)
-        violations = sum(_diagonal_violations(gr, s) for gr, s in zip(self._grad0, steps, strict=True))
+        table = _dot_table(self._grad0, mean_grad, steps)
+        totals = [sum(row[i] for row in table) for i in range(6)]
+        geo = geometry_from_dots(*totals[:3])
+        mv = geometry_from_dots(totals[3], totals[1], totals[4])
+        bk = block_kappa_from_dots([(row[0], row[1], row[2]) for row in table])
         total = sum(s.numel() for s in steps)
+        violations = totals[5]
         record = _Record(
             cos_psi=geo.cos_psi,
             exists=geo.exists,
             kappa=geo.kappa,
             gain=geo.gain,
-            loss_up=loss1 > self._loss0,
+            loss_up=float(loss1) > self._loss0,
             exists_mv=mv.exists,
             kappa_mv=mv.kappa,
             block_exists=math.isfinite(bk),

@@ -196,3 +196,87 @@ def test_reading_g_from_the_rule_gives_the_same_metrics_as_the_probes_own_backwa
     assert results[0].keys() == results[1].keys()
     for key, value in results[0].items():
         assert results[1][key] == pytest.approx(value, rel=1e-9), key
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_both_quadratures_integrate_polynomials_of_degree_2n_minus_1_with_n_new_gradients(n: int) -> None:
+    from benchmark.probe import gauss_legendre_on_unit, gauss_lobatto_on_unit
+
+    rules = [gauss_legendre_on_unit(n), gauss_lobatto_on_unit(n + 1)]  # n new points each (s = 0 is held)
+    for degree in range(2 * n):
+        for xs, ws in rules:
+            assert sum(w * x**degree for x, w in zip(xs, ws, strict=True)) == pytest.approx(1 / (degree + 1))
+    xs, ws = rules[1]
+    assert (xs[0], xs[-1]) == (0.0, 1.0)
+    if n == 2:  # Simpson's rule
+        assert ws == pytest.approx([1 / 6, 4 / 6, 1 / 6])
+
+
+class _Quartic(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.theta = nn.Parameter(torch.tensor([1.0, -0.5, 0.3, 2.0], dtype=F64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.theta[None, :] + 0 * x
+
+
+def _quartic_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (0.5 * (out - target).pow(2) + 0.25 * out.pow(4)).sum()
+
+
+@pytest.mark.parametrize("lr", [0.05, 0.4])
+def test_lobatto_and_legendre_agree_where_both_are_exact(lr: float) -> None:
+    # Along a step the quartic loss is a quartic in s, so its gradient is cubic: both 2-node rules
+    # give the exact mean-value gradient, and so the same metrics (lr = 0.4 overshoots: loss goes up).
+    batch = (torch.zeros(1, 1, dtype=F64), torch.ones(1, 4, dtype=F64))
+    totals = []
+    for quadrature in ("lobatto", "legendre"):
+        model = _Quartic()
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        probe = ImpliedMetricProbe(model, _quartic_loss, quadrature=quadrature)
+        for _ in range(3):
+            probe.before(batch)
+            opt.zero_grad()
+            _quartic_loss(model(batch[0]), batch[1]).backward()
+            opt.step()
+            probe.after(batch)
+        totals.append(probe.totals())
+    assert totals[0].keys() == totals[1].keys()
+    for key, value in totals[0].items():
+        assert totals[1][key] == pytest.approx(value, rel=1e-10), key
+    assert totals[0]["metric/run_no_metric_mv_fraction"] == totals[0]["metric/run_loss_up_fraction"]
+
+
+def test_probe_matches_the_flat_vector_formulas_on_a_relu_net_with_dead_units() -> None:
+    from benchmark.rules.base import OptimizerRule
+
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3)).to(F64)
+    with torch.no_grad():
+        model[0].bias[:6] = -50.0  # dead units: coordinates with neither gradient nor step
+    batch = (torch.randn(32, 4, dtype=F64), torch.randint(0, 3, (32,)))
+    rule = OptimizerRule(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+    probe = ImpliedMetricProbe(model, nn.functional.cross_entropy, grad_from_rule=True)
+    for _ in range(3):
+        rule.train_step(model, batch, nn.functional.cross_entropy)  # momentum: u is not ∝ g
+    theta0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    probe.before(batch)
+    loss0 = rule.train_step(model, batch, nn.functional.cross_entropy)["train/loss"]
+    g = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    u = theta0 - torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    metrics = probe.after(batch, loss0)
+    geo = step_geometry(g, u)
+    assert metrics["metric/cos_psi"] == pytest.approx(geo.cos_psi, rel=1e-12)
+    assert metrics["metric/gain"] == pytest.approx(geo.gain, rel=1e-12)
+    assert metrics["metric/diag_violation"] == pytest.approx(diagonal_violation(g, u), abs=1e-15)
+    assert 0 < metrics["metric/diag_violation"] < 1
+    sizes = [p.numel() for p in model.parameters()]
+    assert metrics.get("metric/block_kappa", math.inf) == pytest.approx(
+        block_kappa(list(g.split(sizes)), list(u.split(sizes))), rel=1e-10
+    )
+
+
+def test_an_unknown_quadrature_is_refused() -> None:
+    with pytest.raises(ValueError, match="quadrature"):
+        ImpliedMetricProbe(nn.Linear(2, 2), nn.functional.mse_loss, quadrature="simpson")  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ from benchmark.rules.base import ErrorCase, HParams, LearningRule, OptimizerRule
 from benchmark.rules.baselines import ADAMW, SGD
 from benchmark.rules.diffgrad import DIFFGRAD
 from benchmark.rules.eg import EG_ADAMW, EG_SGD, SGD_SIGNED
+from benchmark.rules.kfac import KFAC_RULE
 from benchmark.rules.lcp import BP_RULE, LCP_DI_RULE, LCP_EBD_RULE, LCP_KP_RULE, RBP_RULE
 from benchmark.rules.lcp_lf import LCP_LF_RULE
 from benchmark.rules.natgrad import NATGRAD_DIAG, NATGRAD_EXACT
@@ -34,6 +35,7 @@ RULES.add(LCP_LF_RULE)
 # Natural-gradient and zeroth-order rules (issue 7)
 RULES.add(NATGRAD_EXACT)
 RULES.add(NATGRAD_DIAG)
+RULES.add(KFAC_RULE)
 RULES.add(WEIGHT_PERTURBATION)
 RULES.add(NODE_PERTURBATION)
 
