@@ -26,8 +26,8 @@ import pyarrow.parquet as pq
 import torch
 
 from benchmark.provenance import git_commit, package_version
+from benchmark.result import RunResult
 from benchmark.spec import RunSpec
-from benchmark.train import RunResult
 
 COMPLETED = ("ok", "diverged")
 """Statuses that count as done: such a run is skipped on the next invocation (unless --rerun)."""

@@ -8,48 +8,20 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from benchmark.metrics import Clock, brain_metrics, parameter_snapshot, save_weight_histogram
 from benchmark.probe import ImpliedMetricProbe
 from benchmark.provenance import device_name, pick_device
+from benchmark.result import CurvePoint, RunResult, Status
 from benchmark.rules import RULES, OptimizerRule
 from benchmark.seeding import derive_seeds, seed_everything
 from benchmark.spec import RunSpec
 from benchmark.tasks import TASKS
 from benchmark.types import Metrics, Report
-
-Status = Literal["ok", "diverged", "failed"]
-
-
-@dataclass(frozen=True, slots=True)
-class CurvePoint:
-    step: int
-    train_time_s: float
-    metrics: dict[str, float]
-
-
-@dataclass(frozen=True, slots=True)
-class RunResult:
-    """What one run produced. ``final`` holds the last evaluation plus end-of-run metrics."""
-
-    run_id: str
-    status: Status
-    steps: int
-    final: dict[str, float]
-    curve: tuple[CurvePoint, ...]
-    train_time_s: float
-    wall_time_s: float
-    device: str
-    started_at: datetime
-    finished_at: datetime
-    target: tuple[str, float, str] = ("", float("nan"), "max")
-    error: str = ""
 
 
 def no_report(step: int, metrics: Metrics) -> None:

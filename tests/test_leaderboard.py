@@ -12,7 +12,7 @@ from benchmark import store
 from benchmark.cli import main
 from benchmark.execute.grid import failed_result
 from benchmark.leaderboard import score_runs
-from benchmark.train import CurvePoint, RunResult
+from benchmark.result import CurvePoint, RunResult
 from tests.helpers import make_spec
 
 

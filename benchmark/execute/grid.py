@@ -23,6 +23,7 @@ from typing import Any, TextIO
 from ray import tune
 
 from benchmark import store, train
+from benchmark.result import RunResult
 from benchmark.spec import RunSpec
 from benchmark.tracking import Tracker
 
@@ -95,9 +96,9 @@ def _trainable(config: dict[str, Any]) -> None:
     tune.report({**final, **_objective(spec, result.final)})
 
 
-def failed_result(spec: RunSpec, error: str) -> train.RunResult:
+def failed_result(spec: RunSpec, error: str) -> RunResult:
     now = datetime.now(UTC)
-    return train.RunResult(
+    return RunResult(
         run_id=spec.run_id,
         status="failed",
         steps=0,

@@ -8,11 +8,13 @@ from benchmark.tasks.cifar import CIFAR10_FCN, CIFAR10_RESNET18, CIFAR10_VGG, CI
 from benchmark.tasks.digits import DIGITS_MLP
 from benchmark.tasks.equilibrium import MNIST1D_FF, MNIST1D_RNN
 from benchmark.tasks.equilibrium_vision import CIFAR10_CONV_FF, CIFAR10_CONV_RNN, MNIST_FF, MNIST_RNN
+from benchmark.tasks.grokking import GROKKING_MODADD
 from benchmark.tasks.imagenet import IMAGENET_RESNET50
 from benchmark.tasks.mnist import MNIST_FCN
 from benchmark.tasks.mnist1d import MNIST1D_MLP
 from benchmark.tasks.pruning import PRUNING
 from benchmark.tasks.saxe import SAXE_MODES
+from benchmark.tasks.saxe_depth import SAXE_DEPTH
 from benchmark.tasks.sparse_signal import SPARSE_SIGNAL, SPARSE_SIGNAL_D200, SPARSE_SIGNAL_D20000
 from benchmark.tasks.stability import STABILITY_THRESHOLD
 from benchmark.tasks.teacher_student import TEACHER_STUDENT
@@ -45,5 +47,7 @@ TASKS.add(CIFAR10_CONV_RNN)
 TASKS.add(SAXE_MODES)
 TASKS.add(TEACHER_STUDENT)
 TASKS.add(STABILITY_THRESHOLD)
+TASKS.add(SAXE_DEPTH)
+TASKS.add(GROKKING_MODADD)
 
 __all__ = ["TASKS", "Resources", "Target", "TaskData", "TaskInfo", "TaskOptions"]
