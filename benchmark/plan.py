@@ -120,6 +120,11 @@ def expand(suite: Suite, path: str | Path, code_version: str = "") -> Plan:
                     )
                 )
                 continue
+        suite_tasks = {t.name for t in suite.tasks}
+        for k, name in enumerate(entry.tasks or ()):
+            if name not in suite_tasks:
+                expected = f"a task of this suite ({', '.join(sorted(suite_tasks))})"
+                errors.append(SpecError(path, f"rules[{j}].tasks[{k}]", expected, name))
         rules.append((info, entry, j, tuned))
         shown = set(entry.hparams) | set(entry.sweep)
         if tuned is not None:
@@ -129,6 +134,8 @@ def expand(suite: Suite, path: str | Path, code_version: str = "") -> Plan:
     cells: list[tuple[Any, Any, Budget, Any, list[Any]]] = []
     checked: dict[tuple[int, str], list[Any]] = {}
     for (task, options, budget), (rule, entry, j, tuned) in itertools.product(tasks, rules):
+        if entry.tasks is not None and task.name not in entry.tasks:
+            continue
         fixed = dict(entry.hparams)
         if tuned is not None:
             found = tuned.tasks.get(task.name)

@@ -61,6 +61,8 @@ class RuleEntry(_Frozen):
     tuned: str | None = None
     """A tuned-config file written by ``synapsebench tune`` (relative to the suite file); ``hparams``
     still override what it holds."""
+    tasks: Annotated[list[str], Field(min_length=1)] | None = None
+    """Run this rule on these of the suite's tasks only (by name); all of them when left out."""
 
 
 class Suite(_Frozen):

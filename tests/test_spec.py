@@ -87,3 +87,10 @@ def test_task_option_sweep_gives_one_variant_per_value(tmp_path: Path) -> None:
     assert len(plan.specs) == 3 * 2 * 2  # widths × rules × seeds
     assert sorted({s.task_options["width"] for s in plan.specs}) == [4, 8, 16]
     assert len({s.run_id for s in plan.specs}) == len(plan.specs)
+
+
+def test_a_rule_can_be_limited_to_some_tasks(tmp_path: Path) -> None:
+    rules = ({"name": "sgd"}, {"name": "adamw", "tasks": ["digits_mlp"]})
+    path = write_suite(tmp_path / "s.yaml", **tiny_suite(rules=rules))
+    cells = {(s.task, s.rule) for s in expand(load_suite(path), path).specs}
+    assert cells == {("digits_mlp", "sgd"), ("mnist1d_mlp", "sgd"), ("digits_mlp", "adamw")}

@@ -60,6 +60,11 @@ CASES = {
         "tasks[0].sweep.width",
         "not also fixed in options",
     ),
+    "rule limited to a task not in the suite": (
+        _suite(rules=[{"name": "sgd", "tasks": ["digits_mlp", "cifar10_vgg"]}]),
+        "rules[0].tasks[1]",
+        "a task of this suite",
+    ),
     "non-integer seed": (_suite(seeds=[0, 1.5]), "seeds[1]", "a valid integer"),
     "string seed": (_suite(seeds=["zero"]), "seeds[0]", "a valid integer"),
     "empty grid": (_suite(tasks=[]), "tasks", "at least 1 item"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from benchmark.registry import Registry
 from benchmark.rules.agd import AGD_RULE
 from benchmark.rules.base import ErrorCase, HParams, LearningRule, OptimizerRule, RuleInfo
-from benchmark.rules.baselines import ADAMW, SGD
+from benchmark.rules.baselines import ADAM, ADAMW, SGD
 from benchmark.rules.diffgrad import DIFFGRAD
 from benchmark.rules.eg import EG_ADAMW, EG_SGD, SGD_SIGNED
 from benchmark.rules.kfac import KFAC_RULE
@@ -17,6 +17,7 @@ from benchmark.rules.perturbation import NODE_PERTURBATION, WEIGHT_PERTURBATION
 RULES: Registry[RuleInfo] = Registry("rule")
 # Baselines (torch.optim)
 RULES.add(SGD)
+RULES.add(ADAM)
 RULES.add(ADAMW)
 RULES.add(DIFFGRAD)
 # Exponentiated gradient and its sign-constrained baseline (issue 3)

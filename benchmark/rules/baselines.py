@@ -1,4 +1,4 @@
-"""The baselines, bound from torch.optim (no re-implementation): ``sgd`` and ``adamw``."""
+"""The baselines, bound from torch.optim (no re-implementation): ``sgd``, ``adam`` and ``adamw``."""
 
 from __future__ import annotations
 
@@ -53,6 +53,22 @@ def build_adamw(model: nn.Module, hp: AdamWHParams) -> OptimizerRule:
     )
 
 
+class AdamHParams(HParams):
+    lr: PositiveFloat = 1e-3
+    betas: tuple[UnitFloat, UnitFloat] = (0.9, 0.999)
+    eps: PositiveFloat = 1e-8
+    weight_decay: NonNegativeFloat = 0.0
+    """L2 penalty added to the gradient before the moments (coupled), unlike ``adamw``'s decay."""
+
+
+def build_adam(model: nn.Module, hp: AdamHParams) -> OptimizerRule:
+    return OptimizerRule(
+        torch.optim.Adam(
+            model.parameters(), lr=hp.lr, betas=hp.betas, eps=hp.eps, weight_decay=hp.weight_decay
+        )
+    )
+
+
 SGD = RuleInfo(
     name="sgd",
     description="Stochastic gradient descent with heavy-ball momentum (torch.optim.SGD).",
@@ -83,5 +99,21 @@ ADAMW = RuleInfo(
     error_cases=(
         ErrorCase({"lr": 0}, r"lr: expected greater than 0"),
         ErrorCase({"betas": [0.9]}, r"betas"),
+    ),
+)
+
+ADAM = RuleInfo(
+    name="adam",
+    description="Adam with L2 regularisation coupled into the gradient (torch.optim.Adam).",
+    hparams=AdamHParams,
+    build=build_adam,
+    search_space={
+        "lr": FloatDistribution(1e-5, 1e-1, log=True),
+        "weight_decay": FloatDistribution(1e-6, 1e-1, log=True),
+    },
+    reference="https://arxiv.org/abs/1412.6980",
+    error_cases=(
+        ErrorCase({"lr": 0}, r"lr: expected greater than 0"),
+        ErrorCase({"weight_decay": -1.0}, r"weight_decay: expected greater than or equal to 0"),
     ),
 )
