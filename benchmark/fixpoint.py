@@ -123,6 +123,13 @@ class EquilibriumModel(nn.Module):
         self.solver_threshold = threshold
         self.solver_max_iter = max_iter
 
+    def constrain(self) -> list[float]:
+        """Project the weights back onto the model's constraint set; return the factor per link.
+
+        Trainers call it after every optimizer step. The base model has no constraint.
+        """
+        return []
+
     @torch.no_grad()
     def solve_free(self, x_enc: Tensor, init: Tensor | None = None) -> Solution:
         """The free equilibrium ``v* = f(x̃, v*)`` from zero (or ``init``), without a graph."""
@@ -231,6 +238,7 @@ class LayeredEquilibriumModel(EquilibriumModel):
         decoder: nn.Linear,
         activation: Activation,
         feedforward_depth: int | None,
+        spectral_bound: float | None = None,
     ) -> None:
         sizes = [math.prod(shape) for shape in blocks]
         super().__init__(sum(sizes))
@@ -243,6 +251,33 @@ class LayeredEquilibriumModel(EquilibriumModel):
         self.activation: Activation = activation
         self.feedforward_depth = feedforward_depth
         self.readout_block = len(blocks) - 1
+        self.spectral_bound = spectral_bound
+        if spectral_bound is not None:
+            if not all(isinstance(link, nn.Linear) for link in self.links):
+                raise ValueError("spectral_bound needs linear links")
+            self.constrain()  # the contractive init: every link starts at most at the bound
+
+    @torch.no_grad()
+    def constrain(self) -> list[float]:
+        """Rescale each linear link whose spectral norm exceeds ``spectral_bound`` back onto it.
+
+        With ``‖W‖₂ ≤ γ < 1`` and a 1-Lipschitz activation (tanh), ``f`` is a γ-contraction in
+        ``v`` for every input, so plain iteration converges (relative error ``~γᵏ``) and the fixed
+        point is unique. This is projected gradient descent: the rule's update is unchanged, the
+        step is followed by the projection (a multiplicative decay of ``W`` only when it leaves the
+        ball). Returns the factor applied to each link (1.0 when unconstrained or inside).
+        """
+        bound = self.spectral_bound
+        if bound is None:
+            return [1.0] * len(self.links)
+        factors = []
+        for weight in self.link_weights():
+            norm = float(torch.linalg.matrix_norm(weight, ord=2))
+            factor = min(1.0, bound / norm) if norm > 0 else 1.0
+            if factor < 1.0:
+                weight.mul_(factor)
+            factors.append(factor)
+        return factors
 
     def split(self, v: Tensor) -> list[Tensor]:
         """The blocks of a flat state, each shaped ``(batch, *block)``."""

@@ -193,7 +193,9 @@ class _MetaTrainer:
     """Owns the meta-optimizer, the cosine schedule and the cost counters; subclasses fill ``.grad``.
 
     Step order as in the reference: relaxation (and any pre-step decay) → zero_grad → write the
-    update into ``.grad`` → clip (model and auxiliary parameters separately) → step → schedule.
+    update into ``.grad`` → clip (model and auxiliary parameters separately) → step → schedule;
+    then the model's own constraint projection (:meth:`EquilibriumModel.constrain`, a no-op unless
+    the task sets one, e.g. ``mnist1d_rnn``'s ``spectral_bound``), which is not in the reference.
     """
 
     def __init__(self, model: nn.Module, hparams: MetaHParams, aux: list[Tensor] | None = None) -> None:
@@ -232,6 +234,9 @@ class _MetaTrainer:
     def before_step(self) -> None:
         """Hook run before the relaxation (Kollen–Pollack's weight decay)."""
 
+    def after_projection(self, factors: list[float]) -> None:
+        """Hook run after the model's constraint projection, with the factor applied to each link."""
+
     def train_step(self, model: nn.Module, batch: Batch, loss_fn: LossFn) -> dict[str, float]:
         eq = _equilibrium(model)
         lr = self._lr()
@@ -245,6 +250,7 @@ class _MetaTrainer:
             if self.aux:
                 torch.nn.utils.clip_grad_norm_(self.aux, self.hparams.grad_clip)
         self.optimizer.step()
+        self.after_projection(eq.constrain())
         self.steps += 1
         self.total_iters += costs["rule/solver_iters"]
         self.total_passes += costs["rule/forward_passes"]
@@ -554,6 +560,14 @@ class LCPKollenPollack(_ControlledTrainer):
                     p.mul_(decay)
             for t in self.aux:
                 t.mul_(decay)
+
+    def after_projection(self, factors: list[float]) -> None:
+        # A spectral projection that shrinks W by c shrinks its feedback B by the same c, like
+        # kp_wd: then W − B still only shrinks, and B stays as bounded as W.
+        with torch.no_grad():
+            for weight, factor in zip(self.feedback_weights, factors, strict=True):
+                if factor < 1.0:
+                    weight.mul_(factor)
 
     def feedback_step(
         self, model: EquilibriumModel, x_enc: Tensor, v: Tensor, e: Tensor, u: Tensor

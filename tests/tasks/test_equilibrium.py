@@ -156,3 +156,72 @@ def test_cifar10_conv_rnn_runs_rbp_and_lcp_di_and_refuses_the_rest() -> None:
 def test_bias_free_variant_is_refused() -> None:
     with pytest.raises(ValueError, match="bias=False is not offered"):
         MNIST_FF.options.model_validate({"bias": False})
+
+
+def _train_rnn(
+    rule: str, bound: float | None, steps: int
+) -> tuple[LayeredEquilibriumModel, dict[str, float]]:
+    """Train the tiny ``mnist1d_rnn`` at a large lr (1e-2) that pushes ``W`` to grow fast."""
+    task = MNIST1D_RNN
+    opts = task.options.model_validate({**task.test_options, "spectral_bound": bound})
+    info = RULES.get(rule)
+    torch.manual_seed(0)
+    model = task.build_model(opts, torch.Generator().manual_seed(0))
+    assert isinstance(model, LayeredEquilibriumModel)
+    learner = info.build(model, info.hparams.model_validate({"lr": 1e-2, "threshold": 1e-4, "max_iter": 100}))
+    batches = task.load_data(opts, torch.device("cpu")).train_batches(torch.Generator().manual_seed(0))
+    metrics: dict[str, float] = {}
+    for _ in range(steps):
+        metrics = learner.train_step(model, next(batches), task.loss)
+    return model, metrics
+
+
+def _free_residual(model: LayeredEquilibriumModel) -> tuple[bool, float]:
+    """Solve the free fixed point on a fresh batch; return convergence and max ``‖v − f(v)‖/‖v‖``."""
+    x = torch.randn(64, 40, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        x_enc = model.encode(x)
+        solution = model.solve_free(x_enc)
+        v = solution.state[0]
+        residual = (v - model.implicit(x_enc, v)).norm(dim=1) / v.norm(dim=1)
+    return solution.converged, float(residual.max())
+
+
+def test_spectral_bound_holds_from_init_and_is_off_by_default() -> None:
+    for bound in (0.5, 0.9):
+        model = rnn_model(40, 64, 10, spectral_bound=bound)
+        assert float(torch.linalg.matrix_norm(model.links[0].weight.detach(), ord=2)) <= bound + 1e-6
+    options = MNIST1D_RNN.options.model_validate({})
+    assert options.spectral_bound is None  # the reference's unconstrained rnn
+    with pytest.raises(ValueError, match="less than 1"):
+        MNIST1D_RNN.options.model_validate({"spectral_bound": 1.0})
+
+
+@pytest.mark.parametrize("rule", ["rbp", "lcp_di", "lcp_kp"])
+def test_bounded_rnn_free_phase_still_converges_after_training(rule: str) -> None:
+    """With ``‖W‖₂ ≤ 0.9`` the free fixed point is reached on every step and after training."""
+    model, metrics = _train_rnn(rule, 0.9, steps=30)
+    assert metrics["rule/nonconverged_total"] == 0
+    assert float(torch.linalg.matrix_norm(model.links[0].weight.detach(), ord=2)) <= 0.9 + 1e-5
+    converged, residual = _free_residual(model)
+    assert converged
+    assert residual < 1e-3  # the solver stops at relative change 1e-4; residual ≤ that/(1 − 0.9)
+
+
+def test_unbounded_rnn_stops_converging_under_the_same_training() -> None:
+    """Why the bound exists: the same 30 lcp_di steps without it hit the solver cap."""
+    _, metrics = _train_rnn("lcp_di", None, steps=30)
+    assert metrics["rule/nonconverged_total"] > 0
+
+
+def test_kp_feedback_shrinks_with_the_projection() -> None:
+    """The projection scales ``W`` and lcp_kp's ``B`` by the same factor, so ``W − B`` only shrinks."""
+    model = rnn_model(7, 16, 3, spectral_bound=0.5)
+    learner = RULES.get("lcp_kp").build(model, RULES.get("lcp_kp").hparams.model_validate({}))
+    with torch.no_grad():
+        model.links[0].weight.mul_(4.0)  # as if a step had left the ball
+    before = learner.feedback_weights[0].detach().clone()
+    factors = model.constrain()
+    learner.after_projection(factors)
+    assert factors[0] == pytest.approx(0.25, rel=1e-5)
+    torch.testing.assert_close(learner.feedback_weights[0].detach(), before * factors[0])
