@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
 from benchmark.errors import SpecError, SpecErrors
 from benchmark.registry import UnknownNameError
 from benchmark.rules import RULES
-from benchmark.spec import Budget, RuleEntry, RunSpec, Suite, errors_from_validation
+from benchmark.spec import Budget, RuleEntry, RunSpec, Suite, compact_value, errors_from_validation
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,11 +120,11 @@ def expand(suite: Suite, path: str | Path, code_version: str = "") -> Plan:
                     )
                 )
                 continue
-        suite_tasks = {t.name for t in suite.tasks}
-        for k, name in enumerate(entry.tasks or ()):
-            if name not in suite_tasks:
-                expected = f"a task of this suite ({', '.join(sorted(suite_tasks))})"
-                errors.append(SpecError(path, f"rules[{j}].tasks[{k}]", expected, name))
+        for k, selector in enumerate(entry.tasks or ()):
+            if not any(selects(selector, task.name, options) for task, options, _ in tasks):
+                names = ", ".join(sorted({t.name for t in suite.tasks}))
+                expected = f"a task of this suite ({names}), optionally with options, e.g. task[depth=6]"
+                errors.append(SpecError(path, f"rules[{j}].tasks[{k}]", expected, selector))
         rules.append((info, entry, j, tuned))
         shown = set(entry.hparams) | set(entry.sweep)
         if tuned is not None:
@@ -134,7 +134,7 @@ def expand(suite: Suite, path: str | Path, code_version: str = "") -> Plan:
     cells: list[tuple[Any, Any, Budget, Any, list[Any]]] = []
     checked: dict[tuple[int, str], list[Any]] = {}
     for (task, options, budget), (rule, entry, j, tuned) in itertools.product(tasks, rules):
-        if entry.tasks is not None and task.name not in entry.tasks:
+        if entry.tasks is not None and not any(selects(sel, task.name, options) for sel in entry.tasks):
             continue
         fixed = dict(entry.hparams)
         if tuned is not None:
@@ -194,6 +194,23 @@ def expand(suite: Suite, path: str | Path, code_version: str = "") -> Plan:
         raise SpecError(path, "rules", "at least one (task, rule) cell that can run", why or "no cells")
     specs.sort(key=lambda s: (s.task, s.rule, s.rule_display, s.seed))
     return Plan(suite=suite, specs=tuple(specs), dropped=tuple(dropped))
+
+
+def selects(selector: str, task: str, options: Any) -> bool:
+    """Whether a rule's ``tasks`` entry picks this task variant.
+
+    ``saxe_depth`` picks every variant of the task; ``saxe_depth[depth=6]`` (the leaderboard's
+    display form) picks those whose options have these values.
+    """
+    name, _, inner = selector.partition("[")
+    if name != task:
+        return False
+    values = options.model_dump(mode="json")
+    for part in filter(None, inner.rstrip("]").split(",")):
+        key, _, text = part.partition("=")
+        if key.strip() not in values or compact_value(values[key.strip()]) != text.strip():
+            return False
+    return True
 
 
 def _expand_options(info: Any, entry: Any, path: str | Path, i: int) -> tuple[list[Any], list[SpecError]]:

@@ -62,7 +62,8 @@ class RuleEntry(_Frozen):
     """A tuned-config file written by ``synapsebench tune`` (relative to the suite file); ``hparams``
     still override what it holds."""
     tasks: Annotated[list[str], Field(min_length=1)] | None = None
-    """Run this rule on these of the suite's tasks only (by name); all of them when left out."""
+    """Run this rule on these of the suite's tasks only, all of them when left out: a task name, or
+    a name with option values (``saxe_depth[depth=6]``) to pick some variants of a swept task."""
 
 
 class Suite(_Frozen):
@@ -130,15 +131,16 @@ def content_hash(value: Any) -> str:
 def display_name(name: str, params: Mapping[str, Any]) -> str:
     if not params:
         return name
-    inner = ",".join(f"{k}={_compact(v)}" for k, v in sorted(params.items()))
+    inner = ",".join(f"{k}={compact_value(v)}" for k, v in sorted(params.items()))
     return f"{name}[{inner}]"
 
 
-def _compact(value: Any) -> str:
+def compact_value(value: Any) -> str:
+    """A value as display names show it: ``0.1``, ``1e-08``, ``(0.9,0.999)``."""
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, list | tuple):
-        return "(" + ",".join(_compact(v) for v in value) + ")"
+        return "(" + ",".join(compact_value(v) for v in value) + ")"
     return str(value)
 
 

@@ -94,3 +94,12 @@ def test_a_rule_can_be_limited_to_some_tasks(tmp_path: Path) -> None:
     path = write_suite(tmp_path / "s.yaml", **tiny_suite(rules=rules))
     cells = {(s.task, s.rule) for s in expand(load_suite(path), path).specs}
     assert cells == {("digits_mlp", "sgd"), ("mnist1d_mlp", "sgd"), ("digits_mlp", "adamw")}
+
+
+def test_a_rule_can_be_limited_to_variants_of_a_swept_task(tmp_path: Path) -> None:
+    suite = tiny_suite(tasks=("digits_mlp",), rules=({"name": "sgd", "tasks": ["digits_mlp[width=8]"]},))
+    suite["tasks"][0]["options"].pop("width", None)
+    suite["tasks"][0]["sweep"] = {"width": [4, 8], "depth": [1, 2]}
+    path = write_suite(tmp_path / "s.yaml", **suite)
+    specs = expand(load_suite(path), path).specs
+    assert {(s.task_options["width"], s.task_options["depth"]) for s in specs} == {(8, 1), (8, 2)}
