@@ -287,6 +287,8 @@ class KFAC(torch.optim.Optimizer):
             root = math.sqrt(group["damping"])
             trace_a, trace_g = float(a.diagonal().mean()), float(g.diagonal().mean())
             pi = math.sqrt(trace_a / trace_g) if trace_a > 0 and trace_g > 0 else 1.0
+            if not 0 < pi < math.inf:  # factors whose scales under- or overflow relative to each other
+                pi = 1.0
             weight = params[0]
             grad = weight.grad
             if len(params) == 2:

@@ -137,3 +137,13 @@ def test_models_with_other_parameterized_layers_are_refused_naming_the_layer() -
     assert "encoder.0 (Conv2d)" in reason
     digits = TASKS.get("digits_mlp")
     assert KFAC_RULE.unsupported(digits, digits.options.model_validate(digits.test_options)) is None
+
+
+def test_a_deep_run_that_blows_up_is_recorded_as_diverged_not_raised() -> None:
+    # Depth 20 at lr 0.1: the factors' scales drift apart until one underflows; the run must end
+    # as `diverged`, as any other divergence does, not stop the grid with an exception.
+    spec = make_spec(
+        task="saxe_depth", rule="kfac", steps=50, options={"depth": 20, "width": 32}, hparams={"lr": 0.1}
+    )
+    result = train.run(spec, device=torch.device("cpu"))
+    assert result.status == "diverged"
