@@ -74,6 +74,13 @@ def _parser() -> argparse.ArgumentParser:
         "--results", type=Path, default=DEFAULT_RESULTS, help="results folder (default: leaderboards)"
     )
     board.set_defaults(command=cmd_leaderboard)
+
+    show = sub.add_parser("show", help="show one stored run: its spec, status, final metrics, provenance")
+    show.add_argument("run_id", help="a run id, or enough of its start to be unique")
+    show.add_argument(
+        "--results", type=Path, default=DEFAULT_RESULTS, help="results folder (default: leaderboards)"
+    )
+    show.set_defaults(command=cmd_show)
     return parser
 
 
@@ -107,7 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
     plan = expand(suite, args.suite, code_version())
     _check_results(args.results)
-    for cell in plan.dropped:
+    for cell in dict.fromkeys(plan.dropped):  # one line per reason, however many variants share it
         print(f"skipping {cell.rule} on {cell.task}: {cell.reason}", file=sys.stderr)
     if args.dry_run:
         return _print_plan(plan, args.results)
@@ -239,6 +246,46 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     print(f"wrote {markdown} and {parquet}")
     print(markdown.read_text())
     return ExitCode.OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from benchmark import store
+
+    _check_results(args.results)
+    found = store.find_runs(args.results, args.run_id)
+    if len(found) != 1:
+        got = "no stored run" if not found else f"{len(found)} runs: " + ", ".join(p.stem for p in found[:5])
+        raise SpecError(args.results, "run_id", "the id (or unique start) of one stored run", got)
+    row = store.read_run(found[0])
+    print(render_run(row, found[0]))
+    return ExitCode.OK
+
+
+def render_run(row: dict[str, object], path: Path) -> str:
+    """A stored run as text: identity, outcome, final metrics, provenance and where its files are."""
+    final = row["final"] or []
+    pairs = final.items() if isinstance(final, dict) else final
+    curve = row["curve"] or []
+    lines = [
+        f"run {row['run_id']}  ({path})",
+        f"  suite      {row['suite']}",
+        f"  task       {row['task']}  {row['task_options_json']}",
+        f"  rule       {row['rule_display']}  {row['hparams_json']}",
+        f"  seed       {row['seed']}   budget {row['budget_steps']} steps, eval every {row['eval_every']}",
+        f"  status     {row['status']}" + (f": {row['error']}" if row["error"] else ""),
+        f"  steps      {row['steps']}   train {row['train_time_s']:.2f} s, wall {row['wall_time_s']:.2f} s",
+        f"  target     {row['target_metric']} {'≥' if row['target_mode'] == 'max' else '≤'} "
+        f"{row['target_value']}",
+        f"  curve      {len(curve)} evaluations",
+        f"  provenance {row['package_version']} ({row['code_version']}), torch {row['torch_version']}, "
+        f"{row['device_name']} on {row['hostname']}, {row['finished_at']}",
+        "  final metrics:",
+    ]
+    lines += [f"    {key:<36} {value:.6g}" for key, value in sorted(pairs)]
+    artifacts = path.parent.parent / "artifacts" / str(row["run_id"])
+    if artifacts.is_dir():
+        lines.append(f"  artifacts  {artifacts}: " + ", ".join(sorted(p.name for p in artifacts.iterdir())))
+    return "\n".join(lines)
 
 
 def _write_board(suite: str, results: Path, required: bool = False) -> tuple[Path, Path]:

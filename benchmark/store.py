@@ -204,3 +204,15 @@ def done_ids(results: Path, suite: str) -> set[str]:
     """Run ids of ``suite`` that already have a completed (ok or diverged) row."""
     table = read_runs(results, suite).select(["run_id", "status"]).to_pylist()
     return {row["run_id"] for row in table if row["status"] in COMPLETED}
+
+
+def find_runs(results: Path, prefix: str) -> list[Path]:
+    """The stored run files, across every suite under ``results``, whose run id starts with ``prefix``."""
+    return sorted(
+        p for p in Path(results).glob(f"*/runs/{prefix}*.parquet") if not p.name.startswith((".", "_"))
+    )
+
+
+def read_run(path: Path) -> dict[str, Any]:
+    """One run's row, as a dict (final metrics and curve as plain Python values)."""
+    return pq.read_table(path, schema=RUN_SCHEMA).to_pylist()[0]

@@ -133,3 +133,15 @@ def test_task_variants_theory_view_and_implied_metric(tmp_path: Path) -> None:
     assert (tmp_path / "dyn" / "plots" / "digits_mlp-width=16.png").exists()
     assert "## Theory: departure from the closed forms" in markdown
     assert "## Implied metric of each rule" in markdown
+
+
+def test_show_prints_one_stored_run_and_refuses_an_ambiguous_id(
+    results: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_id = store.read_runs(results, "board").column("run_id")[0].as_py()
+    assert main(["show", run_id[:8], "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert f"run {run_id}" in out
+    assert "test/accuracy" in out
+    assert main(["show", "", "--results", str(results)]) == 2  # every run matches the empty prefix
+    assert "one stored run" in capsys.readouterr().err
