@@ -43,6 +43,8 @@ class OptionSweepPlot:
     option: str
     metric: str
     log_y: bool = False
+    missing_at_budget: bool = False
+    """Runs that never produced ``metric`` (never reached a threshold) are drawn at the step budget."""
 
 
 TheoryPlot = CurveOverlay | OptionSweepPlot

@@ -24,6 +24,10 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for a in (0.5, 2.0)
         for s in (0, 1)
     ]
+    # Too few steps to reach the threshold at depth 3: drawn at the budget, not dropped.
+    specs += [
+        make_spec("saxe_depth", "sgd", seed=0, steps=s, options={"depth": d}) for d, s in ((2, 60), (3, 5))
+    ]
     for spec in specs:
         spec = spec.model_copy(update={"suite": "theory"})
         store.write_run(folder, spec, train.run(spec, device=torch.device("cpu")))
@@ -38,6 +42,7 @@ def test_overlays_and_option_sweeps_are_drawn_and_linked(results: Path) -> None:
         "teacher_student-alpha=0.5-theory-0.png": "Marchenko–Pastur",
         "teacher_student-alpha=2-theory-0.png": "Marchenko–Pastur",
         "teacher_student-theory-1.png": "against α",
+        "saxe_depth-theory-0.png": "against depth",
     }
     for name, title in drawn.items():
         assert (results / "plots" / name).stat().st_size > 5000, name

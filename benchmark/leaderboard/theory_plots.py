@@ -103,24 +103,41 @@ def _overlay(spec: CurveOverlay, display: str, rows: pd.DataFrame, path: Path) -
 
 def _option_sweep(spec: OptionSweepPlot, task: str, runs: pd.DataFrame, path: Path) -> bool:
     options = runs["task_options_json"].map(lambda text: json.loads(text) if text else {})
-    x = options.map(lambda o: o.get(spec.option))
-    y = runs["final"].map(lambda f: (f or {}).get(spec.metric, math.nan))
-    table = pd.DataFrame({"rule": runs["rule_display"], "x": x, "y": y.astype(float)}).dropna(subset=["x"])
+    # One line per rule and per value of the task's other swept options (e.g. init=gaussian).
+    others = [k for k in sorted({k for o in options for k in o}) if k != spec.option]
+    others = [k for k in others if len({json.dumps(o.get(k)) for o in options}) > 1]
+    labels = [
+        str(rule) + "".join(f" {k}={o.get(k)}" for k in others)
+        for rule, o in zip(runs["rule_display"], options, strict=True)
+    ]
+    y = runs["final"].map(lambda f: (f or {}).get(spec.metric, math.nan)).astype(float)
+    missing = ~np.isfinite(y)
+    if spec.missing_at_budget:
+        y = y.where(~missing, runs["budget_steps"].astype(float))
+    table = pd.DataFrame({"line": labels, "x": options.map(lambda o: o.get(spec.option)), "y": y})
+    table["missing"] = missing.to_numpy()
+    table = table.dropna(subset=["x"])
     if table["x"].nunique() < 2:
         return False
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    # Runs without the metric (e.g. never grokked) are left out of that point's mean.
-    for rule, group in table[np.isfinite(table["y"])].groupby("rule", sort=True):
-        stats = group.groupby("x")["y"].agg(["mean", "min", "max"]).reset_index()
-        (line,) = ax.plot(stats["x"], stats["mean"], marker="o", label=str(rule), linewidth=1.5)
+    fig, ax = plt.subplots(figsize=(7.2, 4.4), dpi=120)
+    # The line is the mean over the runs that have the metric; the others only get a marker.
+    for label, group in table[np.isfinite(table["y"])].groupby("line", sort=True):
+        stats = group[~group["missing"]].groupby("x")["y"].agg(["mean", "min", "max"]).reset_index()
+        (line,) = ax.plot(stats["x"], stats["mean"], marker="o", label=label, linewidth=1.5)
         ax.fill_between(stats["x"], stats["min"], stats["max"], color=line.get_color(), alpha=0.15)
+        capped = group[group["missing"]]
+        if len(capped):
+            ax.plot(capped["x"], capped["y"], "x", color=line.get_color(), markersize=8)
     ax.set_xlabel(spec.option)
     ax.set_ylabel(spec.metric)
-    ax.set_title(f"{task}: {spec.title}")
+    title = f"{task}: {spec.title}"
+    if spec.missing_at_budget and table["missing"].any():
+        title += "\n(× never reached: drawn at the step budget)"
+    ax.set_title(title, fontsize="medium")
     if spec.log_y:
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="x-small")
     fig.tight_layout()
     save_figure(fig, path)
     return True

@@ -58,7 +58,7 @@ from benchmark.tasks.base import (
     cross_entropy,
     seeded_build,
 )
-from benchmark.types import Batch
+from benchmark.types import Batch, OptionSweepPlot
 
 CRITICAL_MULTIPLIER = 2.7482  # Tian's code: critical_ratio_multiplier in config/dyn_madd.yaml
 ACCURACY_MARK = 0.99
@@ -188,4 +188,13 @@ GROKKING_MODADD = TaskInfo(
     eval_every=50,
     resources=Resources(cpus=1, gpus=0),
     reference="https://arxiv.org/abs/2509.21519",
+    theory_plots=(
+        OptionSweepPlot("test accuracy against the training fraction", "train_fraction", "test/accuracy"),
+        OptionSweepPlot(
+            "grokking delay against the training fraction",
+            "train_fraction",
+            "grok/delay",
+            missing_at_budget=True,
+        ),
+    ),
 )

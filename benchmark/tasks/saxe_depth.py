@@ -69,7 +69,7 @@ from torch import Tensor, nn
 
 from benchmark.tasks.base import Resources, Target, TaskData, TaskInfo, TaskOptions, seeded_build
 from benchmark.tasks.saxe import random_orthogonal, summed_squared_error
-from benchmark.types import Batch
+from benchmark.types import Batch, OptionSweepPlot
 
 THEORY_STEP_CAP = 200_000  # the recursion stops here; beyond it the reference is reported as NaN
 
@@ -247,4 +247,12 @@ SAXE_DEPTH = TaskInfo(
     eval_every=10,
     resources=Resources(cpus=1, gpus=0),
     reference="https://arxiv.org/abs/1312.6120",
+    theory_plots=(
+        OptionSweepPlot(
+            "steps to the loss threshold against depth",
+            "depth",
+            "depth/steps_to_threshold",
+            missing_at_budget=True,
+        ),
+    ),
 )
