@@ -76,7 +76,8 @@ def kappa_star(cos_psi: float) -> float:
         return math.inf
     c = min(cos_psi, 1.0)
     s = math.sqrt(max(0.0, 1.0 - c * c))
-    return (1.0 + s) ** 2 / (c * c)
+    square = c * c
+    return (1.0 + s) ** 2 / square if square > 0 else math.inf  # cos ψ so small that cos² underflows
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +130,11 @@ def block_kappa_from_dots(dots: list[tuple[float, float, float]]) -> float:
         root = math.sqrt(geo.kappa)
         top = max(top, geo.ratio * root)
         bottom = min(bottom, geo.ratio / root)
-    return top / bottom if bottom < math.inf else 1.0
+    if bottom == math.inf:
+        return 1.0
+    # A block whose step is negligible against its gradient (|u|/|g| underflows, e.g. on a run that
+    # is blowing up) needs an unboundedly ill-conditioned metric.
+    return top / bottom if bottom > 0 else math.inf
 
 
 def diagonal_violation(g: Tensor, u: Tensor) -> float:

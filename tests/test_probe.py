@@ -13,6 +13,7 @@ from benchmark import train
 from benchmark.probe import (
     ImpliedMetricProbe,
     block_kappa,
+    block_kappa_from_dots,
     diagonal_metric,
     diagonal_violation,
     kappa_star,
@@ -95,6 +96,8 @@ def test_block_kappa_is_the_condition_of_the_per_block_optimal_metrics() -> None
     evals = torch.linalg.eigvalsh(full)
     assert block_kappa(gs, us) == pytest.approx(float(evals.max() / evals.min()), rel=1e-8)
     assert math.isinf(block_kappa([gs[0], gs[1]], [us[0], -us[1]]))
+    # A block whose step vanishes against a huge gradient (a run blowing up): unbounded, not an error.
+    assert math.isinf(block_kappa_from_dots([(1e300, 1e-300, 1e-300), (1.0, 1.0, 1.0)]))
 
 
 def test_adam_without_momentum_has_its_known_diagonal_metric() -> None:
