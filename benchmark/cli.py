@@ -126,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     outcome = run_grid(
         plan.specs, args.results, tracker, resources, rerun=args.rerun, max_failures=args.max_failures
     )
-    _write_board(suite.name, args.results)
+    _write_board(suite.name, args.results, only={spec.run_id for spec in plan.specs})
     if outcome.failed:
         print(f"{len(outcome.failed)} run(s) failed:", file=sys.stderr)
         for spec, error in outcome.failed:
@@ -236,13 +236,17 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    name = args.suite
+    name, planned = args.suite, None
     if name.endswith((".yaml", ".yml")) or os.sep in name:
+        from benchmark.plan import expand
         from benchmark.spec import load_suite
 
-        name = load_suite(name).name
+        # A suite file scopes the board to its current grid: runs of cells since removed stay out.
+        suite = load_suite(name)
+        planned = {spec.run_id for spec in expand(suite, name).specs}
+        name = suite.name
     _check_results(args.results)
-    parquet, markdown = _write_board(name, args.results, required=True)
+    parquet, markdown = _write_board(name, args.results, required=True, only=planned)
     print(f"wrote {markdown} and {parquet}")
     print(markdown.read_text())
     return ExitCode.OK
@@ -288,13 +292,21 @@ def render_run(row: dict[str, object], path: Path) -> str:
     return "\n".join(lines)
 
 
-def _write_board(suite: str, results: Path, required: bool = False) -> tuple[Path, Path]:
+def _write_board(
+    suite: str, results: Path, required: bool = False, only: set[str] | None = None
+) -> tuple[Path, Path]:
+    """Score and render the stored runs of ``suite`` (those in ``only``, when given)."""
     from benchmark import store
     from benchmark.leaderboard import provenance_summary, score_runs, write_leaderboard
     from benchmark.leaderboard.score import runs_frame
     from benchmark.leaderboard.theory import TheoryView, implied_metric_table, theory_table
 
     runs = store.read_runs(results, suite)
+    if only is not None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        runs = runs.filter(pc.is_in(runs.column("run_id"), value_set=pa.array(sorted(only), pa.string())))
     if runs.num_rows == 0 and required:
         raise SpecError(store.runs_dir(results, suite), "suite", f"stored runs of suite {suite!r}", "no runs")
     board = score_runs(runs)

@@ -13,6 +13,7 @@ from benchmark.cli import main
 from benchmark.execute.grid import failed_result
 from benchmark.leaderboard import score_runs
 from benchmark.result import CurvePoint, RunResult
+from tests.conftest import tiny_suite, write_suite
 from tests.helpers import make_spec
 
 
@@ -145,3 +146,18 @@ def test_show_prints_one_stored_run_and_refuses_an_ambiguous_id(
     assert "test/accuracy" in out
     assert main(["show", "", "--results", str(results)]) == 2  # every run matches the empty prefix
     assert "one stored run" in capsys.readouterr().err
+
+
+def test_a_suite_file_scopes_the_leaderboard_to_its_current_grid(results: Path) -> None:
+    # The store also holds sgd runs; the suite file now lists adamw only, so sgd leaves the board.
+    suite = write_suite(
+        results / "board.yaml",
+        **tiny_suite(
+            name="board", tasks=("digits_mlp",), rules=({"name": "adamw"},), seeds=(0, 1, 2), steps=20
+        ),
+    )
+    assert main(["leaderboard", str(suite), "--results", str(results)]) == 0
+    board = pd.read_parquet(results / "board" / "leaderboard.parquet")
+    assert list(board["rule"]) == ["adamw"]
+    assert main(["leaderboard", "board", "--results", str(results)]) == 0  # by name: every stored run
+    assert set(pd.read_parquet(results / "board" / "leaderboard.parquet")["rule"]) == {"adamw", "sgd"}
