@@ -222,6 +222,27 @@ def _dot_table(grads: list[Tensor], means: list[Tensor], steps: list[Tensor]) ->
     return torch.stack(rows).tolist() if rows else []
 
 
+RESOLUTION = 100.0
+"""A probed step is read only if ``‖Δθ‖ ≥ RESOLUTION·ε·‖θ‖`` (ε: the parameters' machine epsilon)."""
+
+
+def _resolved(steps: list[Tensor], theta0: list[Tensor]) -> bool:
+    """Whether the step taken is large enough against the parameters' rounding to be read.
+
+    The step actually taken is ``fl(θ₀ + Δθ) − θ₀``; rounding moves each coordinate by up to
+    ``ε|θᵢ|/2``, so by ``ε‖θ‖/2`` in all. Below ``RESOLUTION·ε·‖θ‖`` that error could move cos ψ by
+    more than 0.5%: a converged run whose steps drown in float32 rounding would otherwise read as a
+    rule that follows no metric.
+    """
+    if not steps:
+        return False
+    eps = max(torch.finfo(t.dtype).eps for t in theta0)
+    step_norm = torch.stack(torch._foreach_norm(steps)).double().norm()
+    theta_norm = torch.stack(torch._foreach_norm(theta0)).double().norm()
+    norms = torch.stack([step_norm, theta_norm]).tolist()  # one host sync
+    return norms[0] >= RESOLUTION * eps * norms[1]
+
+
 @dataclass(slots=True)
 class _Record:
     cos_psi: float
@@ -267,6 +288,7 @@ class ImpliedMetricProbe:
     _loss0: float = math.nan
     _window: list[_Record] = field(default_factory=list)
     _all: list[_Record] = field(default_factory=list)
+    _unresolved: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= self.nodes <= GAUSS_LEGENDRE_NODES_MAX:
@@ -320,8 +342,12 @@ class ImpliedMetricProbe:
             self._grad0 = [torch.zeros_like(p) if p.grad is None else p.grad.detach() for p in params]
         with torch.no_grad():
             theta1 = [p.detach().clone() for p in params]
-            saved_buffers = [b.detach().clone() for b in buffers]
             steps = torch._foreach_sub(theta1, self._theta0)
+            if not _resolved(steps, self._theta0):
+                self._unresolved += 1
+                self._theta0, self._grad0 = [], []
+                return {"metric/unresolved": 1.0}
+            saved_buffers = [b.detach().clone() for b in buffers]
         mean_grad: list[Tensor] = []
 
         def accumulate(grads: list[Tensor], weight: float, fresh: bool) -> None:
@@ -387,8 +413,13 @@ class ImpliedMetricProbe:
         return out
 
     def totals(self) -> dict[str, float]:
-        """Summary of every probe of the run, under ``metric/run_...``: for the end-of-run row."""
-        return {k.replace("metric/", "metric/run_", 1): v for k, v in _summary(self._all).items()}
+        """Summary of every probe of the run, under ``metric/run_...``: for the end-of-run row.
+
+        ``metric/run_unresolved`` counts the probed steps too small for the parameters' precision
+        (left out of everything else).
+        """
+        out = {k.replace("metric/", "metric/run_", 1): v for k, v in _summary(self._all).items()}
+        return {**out, "metric/run_unresolved": float(self._unresolved)}
 
 
 def _median(values: list[float]) -> float | None:

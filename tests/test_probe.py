@@ -283,3 +283,24 @@ def test_probe_matches_the_flat_vector_formulas_on_a_relu_net_with_dead_units() 
 def test_an_unknown_quadrature_is_refused() -> None:
     with pytest.raises(ValueError, match="quadrature"):
         ImpliedMetricProbe(nn.Linear(2, 2), nn.functional.mse_loss, quadrature="simpson")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("lr", "resolved"), [(1e-2, True), (1e-9, False)])
+def test_a_step_lost_in_float32_rounding_is_counted_not_read(lr: float, resolved: bool) -> None:
+    # At lr 1e-9 the float32 step is mostly rounding: reading it would report a rule with no metric.
+    model = _Quadratic().float()
+    model.theta.data += 100.0
+    batch = (torch.zeros(1, 1), torch.zeros(1, 3))
+    probe = ImpliedMetricProbe(model, _half_sum)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    probe.before(batch)
+    opt.zero_grad()
+    _half_sum(model(batch[0]), batch[1]).backward()
+    opt.step()
+    probe.after(batch)
+    totals = probe.totals()
+    assert totals["metric/run_unresolved"] == float(not resolved)
+    if resolved:
+        assert totals["metric/run_kappa"] == pytest.approx(1.0, rel=1e-3)
+    else:
+        assert "metric/run_kappa" not in totals

@@ -37,6 +37,7 @@ IMPLIED_COLUMNS = [
     "rule_display",
     "n_runs",
     "probes",
+    "unresolved",
     "median_kappa",
     "no_metric_fraction",
     "median_cos_psi",
@@ -93,7 +94,7 @@ def implied_metric_table(frame: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(rows, columns=IMPLIED_COLUMNS)
     ok = frame[frame["status"] != "failed"]
     for rule, group in ok.groupby("rule_display", sort=True):
-        finals = [f or {} for f in group["final"] if (f or {}).get("metric/run_probes")]
+        finals = [f or {} for f in group["final"] if "metric/run_probes" in (f or {})]
         if not finals:
             continue
         probes = np.array([f["metric/run_probes"] for f in finals])
@@ -103,6 +104,7 @@ def implied_metric_table(frame: pd.DataFrame) -> pd.DataFrame:
                 "rule_display": rule,
                 "n_runs": len(finals),
                 "probes": int(probes.sum()),
+                "unresolved": int(sum(f.get("metric/run_unresolved", 0.0) for f in finals)),
                 "median_kappa": _nanmedian(column["kappa"]),
                 "no_metric_fraction": _weighted(column["no_metric_fraction"], probes),
                 "median_cos_psi": _nanmedian(column["cos_psi"]),
