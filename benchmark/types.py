@@ -45,6 +45,9 @@ class OptionSweepPlot:
     log_y: bool = False
     missing_at_budget: bool = False
     """Runs that never produced ``metric`` (never reached a threshold) are drawn at the step budget."""
+    by_rule_name: bool = False
+    """One line per rule name, not per configuration: for suites that give a rule a different
+    setting per variant (sgd at each depth's rate)."""
 
 
 TheoryPlot = CurveOverlay | OptionSweepPlot

@@ -26,8 +26,8 @@ import pandas as pd
 from benchmark.leaderboard.plots import plot_file, save_figure
 from benchmark.types import CurveOverlay, OptionSweepPlot, TheoryPlot
 
-MAX_PANELS = 6
-"""Rules drawn per overlay figure; a suite with more rules shows the first ones, by name."""
+MAX_PANELS = 12
+"""Rules drawn per overlay figure, closest to the theory first; a suite with more shows those."""
 
 
 def draw_theory_plots(
@@ -70,7 +70,8 @@ def _overlay(spec: CurveOverlay, display: str, rows: pd.DataFrame, path: Path) -
     measured = _keys(spec.measured, available)
     if not measured:
         return False
-    rules = sorted(rows["rule_display"].unique())[:MAX_PANELS]
+    rules = sorted(rows["rule_display"].unique(), key=lambda r: (_distance(spec, measured, rows, r), r))
+    rules = rules[:MAX_PANELS]
     cols = min(len(rules), 3)
     nrows = math.ceil(len(rules) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(max(6.4, 4.2 * cols), 3.6 * nrows), dpi=110, squeeze=False)
@@ -101,14 +102,29 @@ def _overlay(spec: CurveOverlay, display: str, rows: pd.DataFrame, path: Path) -
     return True
 
 
+def _distance(spec: CurveOverlay, measured: list[tuple[str, str]], rows: pd.DataFrame, rule: str) -> float:
+    """Mean relative distance of a rule's curves (mean over seeds) from their theory curves."""
+    mine = rows[rows["rule_display"] == rule]
+    gaps = []
+    for k, key in measured:
+        got = mine[mine["key"] == key].groupby("step")["value"].mean()
+        want = mine[mine["key"] == spec.theory.replace("{k}", k)].groupby("step")["value"].mean()
+        both = pd.concat([got, want], axis=1, join="inner").to_numpy()
+        if len(both):
+            gaps.append(np.mean(np.abs(both[:, 0] - both[:, 1])) / max(np.mean(np.abs(both[:, 1])), 1e-300))
+    finite = [g for g in gaps if np.isfinite(g)]
+    return float(np.mean(finite)) if finite else math.inf
+
+
 def _option_sweep(spec: OptionSweepPlot, task: str, runs: pd.DataFrame, path: Path) -> bool:
     options = runs["task_options_json"].map(lambda text: json.loads(text) if text else {})
     # One line per rule and per value of the task's other swept options (e.g. init=gaussian).
     others = [k for k in sorted({k for o in options for k in o}) if k != spec.option]
     others = [k for k in others if len({json.dumps(o.get(k)) for o in options}) > 1]
+    rules = runs["rule"] if spec.by_rule_name else runs["rule_display"]
     labels = [
         str(rule) + "".join(f" {k}={o.get(k)}" for k in others)
-        for rule, o in zip(runs["rule_display"], options, strict=True)
+        for rule, o in zip(rules, options, strict=True)
     ]
     y = runs["final"].map(lambda f: (f or {}).get(spec.metric, math.nan)).astype(float)
     missing = ~np.isfinite(y)
@@ -119,7 +135,7 @@ def _option_sweep(spec: OptionSweepPlot, task: str, runs: pd.DataFrame, path: Pa
     table = table.dropna(subset=["x"])
     if table["x"].nunique() < 2:
         return False
-    fig, ax = plt.subplots(figsize=(7.2, 4.4), dpi=120)
+    fig, ax = plt.subplots(figsize=(9.6, 4.8), dpi=120)
     # The line is the mean over the runs that have the metric; the others only get a marker.
     for label, group in table[np.isfinite(table["y"])].groupby("line", sort=True):
         stats = group[~group["missing"]].groupby("x")["y"].agg(["mean", "min", "max"]).reset_index()
@@ -137,7 +153,7 @@ def _option_sweep(spec: OptionSweepPlot, task: str, runs: pd.DataFrame, path: Pa
     if spec.log_y:
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="x-small")
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     save_figure(fig, path)
     return True

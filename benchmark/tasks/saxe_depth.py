@@ -257,7 +257,9 @@ SAXE_DEPTH = TaskInfo(
             "steps to the loss threshold against depth",
             "depth",
             "depth/steps_to_threshold",
+            log_y=True,
             missing_at_budget=True,
+            by_rule_name=True,
         ),
     ),
 )
