@@ -64,3 +64,15 @@ def tiny_suite(
         "seeds": list(seeds),
         "budget": {"steps": steps, "eval_every": 10},
     }
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread for the test: tiny models and small LAPACK calls run fastest on one, and two
+    threads on a busy 2-core machine stall on each other. Use with ``pytest.mark.usefixtures``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

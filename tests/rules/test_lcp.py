@@ -41,13 +41,7 @@ FAST_HPARAMS: dict[str, dict[str, Any]] = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    """Tiny matrices: a second intra-op thread only adds synchronisation on a shared 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny(kind: str, contraction: float = 0.5, seed: int = 0) -> LayeredEquilibriumModel:

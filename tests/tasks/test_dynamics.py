@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +27,7 @@ GD = {"momentum": 0.0}
 EIGHT_MODES = {"strengths": [3.0, 2.0, 1.5, 1.0, 0.7, 0.5, 0.3, 0.2], "n": 8, "hidden": 8}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- saxe_modes -------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,13 +17,7 @@ from benchmark.spec import Suite
 from benchmark.tasks.saxe_depth import SaxeDepthOptions, decoupled_steps_to_threshold
 from tests.helpers import make_spec
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gd(depth: int, init: str, steps: int, eval_every: int, seed: int = 0) -> dict[str, float]:
