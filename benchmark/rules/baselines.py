@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from torch import nn
@@ -17,6 +19,15 @@ from benchmark.rules.base import (
 )
 
 
+def bind(optimizer: type[torch.optim.Optimizer]) -> Callable[[nn.Module, HParams], OptimizerRule]:
+    """A rule's ``build`` from a torch.optim class whose keyword arguments are the hyperparameters."""
+
+    def build(model: nn.Module, hp: HParams) -> OptimizerRule:
+        return OptimizerRule(optimizer(model.parameters(), **hp.model_dump()))
+
+    return build
+
+
 class SGDHParams(HParams):
     lr: PositiveFloat = 0.05
     momentum: UnitFloat = 0.9
@@ -25,32 +36,11 @@ class SGDHParams(HParams):
     nesterov: bool = False
 
 
-def build_sgd(model: nn.Module, hp: SGDHParams) -> OptimizerRule:
-    return OptimizerRule(
-        torch.optim.SGD(
-            model.parameters(),
-            lr=hp.lr,
-            momentum=hp.momentum,
-            dampening=hp.dampening,
-            weight_decay=hp.weight_decay,
-            nesterov=hp.nesterov,
-        )
-    )
-
-
 class AdamWHParams(HParams):
     lr: PositiveFloat = 1e-3
     betas: tuple[UnitFloat, UnitFloat] = (0.9, 0.999)
     eps: PositiveFloat = 1e-8
     weight_decay: NonNegativeFloat = 0.01
-
-
-def build_adamw(model: nn.Module, hp: AdamWHParams) -> OptimizerRule:
-    return OptimizerRule(
-        torch.optim.AdamW(
-            model.parameters(), lr=hp.lr, betas=hp.betas, eps=hp.eps, weight_decay=hp.weight_decay
-        )
-    )
 
 
 class AdamHParams(HParams):
@@ -61,19 +51,11 @@ class AdamHParams(HParams):
     """L2 penalty added to the gradient before the moments (coupled), unlike ``adamw``'s decay."""
 
 
-def build_adam(model: nn.Module, hp: AdamHParams) -> OptimizerRule:
-    return OptimizerRule(
-        torch.optim.Adam(
-            model.parameters(), lr=hp.lr, betas=hp.betas, eps=hp.eps, weight_decay=hp.weight_decay
-        )
-    )
-
-
 SGD = RuleInfo(
     name="sgd",
     description="Stochastic gradient descent with heavy-ball momentum (torch.optim.SGD).",
     hparams=SGDHParams,
-    build=build_sgd,
+    build=bind(torch.optim.SGD),
     search_space={
         "lr": FloatDistribution(1e-4, 1.0, log=True),
         "momentum": CategoricalDistribution([0.0, 0.9]),
@@ -90,7 +72,7 @@ ADAMW = RuleInfo(
     name="adamw",
     description="Adam with decoupled weight decay (torch.optim.AdamW).",
     hparams=AdamWHParams,
-    build=build_adamw,
+    build=bind(torch.optim.AdamW),
     search_space={
         "lr": FloatDistribution(1e-5, 1e-1, log=True),
         "weight_decay": FloatDistribution(1e-6, 1e-1, log=True),
@@ -106,7 +88,7 @@ ADAM = RuleInfo(
     name="adam",
     description="Adam with L2 regularisation coupled into the gradient (torch.optim.Adam).",
     hparams=AdamHParams,
-    build=build_adam,
+    build=bind(torch.optim.Adam),
     search_space={
         "lr": FloatDistribution(1e-5, 1e-1, log=True),
         "weight_decay": FloatDistribution(1e-6, 1e-1, log=True),
