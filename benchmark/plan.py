@@ -18,7 +18,15 @@ from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
 from benchmark.errors import SpecError, SpecErrors
 from benchmark.registry import UnknownNameError
 from benchmark.rules import RULES
-from benchmark.spec import Budget, RuleEntry, RunSpec, Suite, compact_value, errors_from_validation
+from benchmark.spec import (
+    Budget,
+    RuleEntry,
+    RunSpec,
+    Suite,
+    compact_value,
+    errors_from_validation,
+    parse_display_name,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,15 +210,11 @@ def selects(selector: str, task: str, options: Any) -> bool:
     ``saxe_depth`` picks every variant of the task; ``saxe_depth[depth=6]`` (the leaderboard's
     display form) picks those whose options have these values.
     """
-    name, _, inner = selector.partition("[")
+    name, wanted = parse_display_name(selector)
     if name != task:
         return False
     values = options.model_dump(mode="json")
-    for part in filter(None, inner.rstrip("]").split(",")):
-        key, _, text = part.partition("=")
-        if key.strip() not in values or compact_value(values[key.strip()]) != text.strip():
-            return False
-    return True
+    return all(key in values and compact_value(values[key]) == text for key, text in wanted.items())
 
 
 def _expand_options(info: Any, entry: Any, path: str | Path, i: int) -> tuple[list[Any], list[SpecError]]:

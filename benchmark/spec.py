@@ -135,6 +135,19 @@ def display_name(name: str, params: Mapping[str, Any]) -> str:
     return f"{name}[{inner}]"
 
 
+def parse_display_name(display: str) -> tuple[str, dict[str, str]]:
+    """:func:`display_name` read back as text: ``saxe_depth[depth=6]`` → ``("saxe_depth", {"depth": "6"})``.
+
+    Values stay in :func:`compact_value`'s form (a tuple value's commas are not split out).
+    """
+    name, _, inner = display.partition("[")
+    params: dict[str, str] = {}
+    for part in filter(None, inner.rstrip("]").split(",")):
+        key, _, text = part.partition("=")
+        params[key.strip()] = text.strip()
+    return name.strip(), params
+
+
 def compact_value(value: Any) -> str:
     """A value as display names show it: ``0.1``, ``1e-08``, ``(0.9,0.999)``."""
     if isinstance(value, float):

@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 from scipy import stats
 
-from benchmark.spec import display_name
+from benchmark.spec import display_name, parse_display_name
 
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 10_000
@@ -91,10 +91,9 @@ def _display_order(board: pd.DataFrame) -> list[str]:
     """Task variants in a readable order: by task, then by their options' values (numbers as numbers)."""
 
     def key(display: str) -> tuple[str, tuple[Any, ...]]:
-        name, _, inner = display.partition("[")
+        name, params = parse_display_name(display)
         values: list[Any] = []
-        for part in inner.rstrip("]").split(",") if inner else []:
-            text = part.partition("=")[2]
+        for text in params.values():
             try:
                 values.append((0, float(text), ""))
             except ValueError:
