@@ -8,7 +8,8 @@ The parameters are the 62 tensors of torchvision's ResNet-18 (11.7 M entries, fl
 fixed random gradient. Every optimizer steps its own copy. Steps are interleaved round by round
 (one step of each optimizer per round) so that a machine whose load changes affects all of them
 alike; the table shows the median step time and its ratio to AdamW(foreach=True). On the CPU,
-torch's default for every rule here is the loop kernel; both kernels of the EG rules are shown.
+torch's default for every rule here is the loop kernel; all kernels of the EG rules are shown, the
+``fused`` ones (compiled by torch.compile on the first warm-up step) beside torch's fused AdamW.
 Nothing is asserted: this prints figures, it does not judge them.
 """
 
@@ -39,7 +40,7 @@ def make_params(shapes: list[tuple[int, ...]], device: torch.device) -> list[tor
     return params
 
 
-def optimizers(device: torch.device) -> dict[str, torch.optim.Optimizer]:
+def optimizers(device: torch.device, compiled: bool) -> dict[str, torch.optim.Optimizer]:
     shapes = resnet18_shapes()
     table: dict[str, Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]] = {
         "AdamW(foreach)": lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=1e-2, foreach=True),
@@ -49,6 +50,12 @@ def optimizers(device: torch.device) -> dict[str, torch.optim.Optimizer]:
         "eg_sgd(foreach)": lambda p: EGSGD(p, lr=0.1, momentum=0.9, foreach=True),
         "AdamW(loop)": lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=1e-2, foreach=False),
     }
+    if compiled:
+        table |= {
+            "eg_adamw(fused)": lambda p: EGAdamW(p, lr=1e-3, weight_decay=1e-2, fused=True),
+            "eg_sgd(fused)": lambda p: EGSGD(p, lr=0.1, momentum=0.9, fused=True),
+            "AdamW(fused)": lambda p: torch.optim.AdamW(p, lr=1e-3, weight_decay=1e-2, fused=True),
+        }
     return {name: make(make_params(shapes, device)) for name, make in table.items()}
 
 
@@ -78,6 +85,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    parser.add_argument("--no-fused", action="store_true", help="skip the compiled kernels (slow to compile)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -91,7 +99,7 @@ def main() -> None:
     for device in devices:
         threads = f"cpu, {torch.get_num_threads()} threads"
         where = torch.cuda.get_device_name(device) if device.type == "cuda" else threads
-        medians = time_steps(optimizers(device), device, args.rounds)
+        medians = time_steps(optimizers(device, not args.no_fused), device, args.rounds)
         base = medians["AdamW(foreach)"]
         print(f"\n{where}: median of {args.rounds} interleaved steps")
         print(f"{'optimizer':<20}{'ms/step':>10}{'÷ AdamW(foreach)':>20}")

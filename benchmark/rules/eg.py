@@ -16,6 +16,7 @@ Reference: Cornford, Pogodin et al., "Brain-like learning with exponentiated gra
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -33,6 +34,7 @@ from benchmark.rules.base import (
     RuleInfo,
     UnitFloat,
 )
+from benchmark.rules.eg_fused import fused_eg_adamw_, fused_eg_sgd_
 from benchmark.rules.sign_split import SignSplitHParams, check_nonzero, prepare_sign_split
 
 __all__ = [
@@ -124,6 +126,11 @@ def _check_params(params: Sequence[Tensor], grads: Sequence[Tensor], rule: str) 
             raise RuntimeError(f"{rule} needs real parameters: a complex number has no sign to keep")
 
 
+def _check_kernel_choice(foreach: bool | None, fused: bool) -> None:
+    if fused and foreach:
+        raise RuntimeError("`foreach` and `fused` are two kernels: pick one")
+
+
 def _default_foreach(params: Sequence[Tensor]) -> bool:
     """foreach when every tensor is a plain tensor on CUDA (torch's rule); the loop otherwise."""
     return bool(params) and all(type(p) in (Tensor, nn.Parameter) and p.device.type == "cuda" for p in params)
@@ -184,8 +191,10 @@ class EGSGD(_SignDiagnostics, torch.optim.Optimizer):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool = False,
     ) -> None:
         _check_common(lr, weight_decay, floor)
+        _check_kernel_choice(foreach, fused)
         if not momentum >= 0.0:
             raise ValueError(f"Invalid momentum value: {momentum}")
         if not 0.0 <= dampening <= 1.0:
@@ -201,6 +210,7 @@ class EGSGD(_SignDiagnostics, torch.optim.Optimizer):
             "floor": floor,
             "maximize": maximize,
             "foreach": foreach,
+            "fused": fused,
         }
         super().__init__(params, defaults)
 
@@ -211,6 +221,7 @@ class EGSGD(_SignDiagnostics, torch.optim.Optimizer):
             group.setdefault("floor", DEFAULT_FLOOR)
             group.setdefault("maximize", False)
             group.setdefault("foreach", None)
+            group.setdefault("fused", False)
 
     def _init_group(
         self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], bufs: list[Tensor | None]
@@ -253,6 +264,7 @@ class EGSGD(_SignDiagnostics, torch.optim.Optimizer):
                 floor=group["floor"],
                 maximize=group["maximize"],
                 foreach=group["foreach"],
+                fused=group["fused"],
             )
             if group["momentum"] != 0:
                 for p, buf in zip(params, bufs, strict=True):
@@ -295,6 +307,8 @@ EGSGD.__doc__ = r"""Exponentiated gradient descent with momentum: a multiplicati
         maximize: maximize the objective instead of minimizing it (default: False).
         foreach: use the foreach kernel; ``None`` picks it when every parameter is on CUDA
             (default: None).
+        fused: use the kernel compiled by ``torch.compile`` (:mod:`benchmark.rules.eg_fused`): one
+            pass per tensor, compiled on the first step (default: False).
 
     Differences from the paper (linclab/EG_optimiser, ``SGD(update_alg="eg")``):
         - ``floor``: the reference has no minimum magnitude, so a weight can underflow to exactly 0
@@ -335,15 +349,17 @@ def eg_sgd(
     floor: float,
     maximize: bool = False,
     foreach: bool | None = None,
+    fused: bool = False,
 ) -> None:
     """Functional API of EG-SGD. See :class:`EGSGD` for details.
 
     Updates ``params`` in place and fills the ``None`` entries of ``momentum_buffer_list``.
     """
     _check_params(params, grads, "EGSGD")
+    _check_kernel_choice(foreach, fused)
     if foreach is None:
         foreach = _default_foreach(params)
-    kernel = _foreach_eg_sgd if foreach else _single_tensor_eg_sgd
+    kernel = _fused_eg_sgd if fused else _foreach_eg_sgd if foreach else _single_tensor_eg_sgd
     kernel(
         params,
         grads,
@@ -440,6 +456,35 @@ def _foreach_eg_sgd(
         _foreach_multiply_keeping_sign_(device_params, exponents, signs, floor)
 
 
+def _fused_eg_sgd(
+    params: list[Tensor],
+    grads: list[Tensor],
+    momentum_buffer_list: list[Tensor | None],
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+    floor: float,
+    maximize: bool,
+) -> None:
+    hyper = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay}
+    if momentum != 0 and any(b is None for b in momentum_buffer_list):
+        # The first step creates the buffers; it is one step, not worth a second compiled graph.
+        _foreach_eg_sgd(
+            params, grads, momentum_buffer_list, **hyper, nesterov=nesterov, floor=floor, maximize=maximize
+        )
+        return
+    for indices in _group_by_device_and_dtype(params).values():
+        device_grads = [grads[i] for i in indices]
+        if maximize:
+            device_grads = torch._foreach_neg(device_grads)
+        bufs = [b for b in (momentum_buffer_list[i] for i in indices) if b is not None]
+        device_params = [params[i] for i in indices]
+        fused_eg_sgd_(device_params, device_grads, bufs, **hyper, nesterov=nesterov, floor=floor)
+
+
 # ---------------------------------------------------------------------------------------------
 # EG-AdamW
 
@@ -456,8 +501,10 @@ class EGAdamW(_SignDiagnostics, torch.optim.Optimizer):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool = False,
     ) -> None:
         _check_common(lr, weight_decay, floor)
+        _check_kernel_choice(foreach, fused)
         if not eps >= 0.0:
             raise ValueError(f"Invalid epsilon value: {eps}")
         if not 0.0 <= betas[0] < 1.0:
@@ -474,6 +521,7 @@ class EGAdamW(_SignDiagnostics, torch.optim.Optimizer):
             "floor": floor,
             "maximize": maximize,
             "foreach": foreach,
+            "fused": fused,
         }
         super().__init__(params, defaults)
 
@@ -483,6 +531,7 @@ class EGAdamW(_SignDiagnostics, torch.optim.Optimizer):
             group.setdefault("floor", DEFAULT_FLOOR)
             group.setdefault("maximize", False)
             group.setdefault("foreach", None)
+            group.setdefault("fused", False)
 
     def _init_group(
         self,
@@ -543,6 +592,7 @@ class EGAdamW(_SignDiagnostics, torch.optim.Optimizer):
                 floor=group["floor"],
                 maximize=group["maximize"],
                 foreach=group["foreach"],
+                fused=group["fused"],
             )
         return loss
 
@@ -580,6 +630,8 @@ EGAdamW.__doc__ = r"""AdamW, exponentiated: Adam moments drive a sign-preserving
         maximize: maximize the objective instead of minimizing it (default: False).
         foreach: use the foreach kernel; ``None`` picks it when every parameter is on CUDA
             (default: None).
+        fused: use the kernel compiled by ``torch.compile`` (:mod:`benchmark.rules.eg_fused`): one
+            pass per tensor, compiled on the first step (default: False).
 
     Differences from the paper (linclab/EG_optimiser ``AdamWeg``, forked from torch 1.13 AdamW):
         - ``floor``: as in :class:`EGSGD`, the reference can underflow a weight to 0 for good.
@@ -612,17 +664,19 @@ def eg_adamw(
     floor: float,
     maximize: bool = False,
     foreach: bool | None = None,
+    fused: bool = False,
 ) -> None:
     """Functional API of EG-AdamW. See :class:`EGAdamW` for details.
 
     Updates ``params``, the moments and the step counters in place.
     """
     _check_params(params, grads, "EGAdamW")
+    _check_kernel_choice(foreach, fused)
     if lr * weight_decay >= 1.0:
         raise ValueError(_decay_message(lr, weight_decay))
     if foreach is None:
         foreach = _default_foreach(params)
-    kernel = _foreach_eg_adamw if foreach else _single_tensor_eg_adamw
+    kernel = _fused_eg_adamw if fused else _foreach_eg_adamw if foreach else _single_tensor_eg_adamw
     kernel(
         params,
         grads,
@@ -708,14 +762,50 @@ def _foreach_eg_adamw(
         scalars = [_adam_scalars(float(s.item()), lr, beta1, beta2, eps) for s in device_steps]
         denoms = torch._foreach_sqrt(device_exp_avg_sqs)
         torch._foreach_add_(denoms, [e for _, e in scalars])
-        signs = torch._foreach_sign(device_params) if floor > 0 else device_params
-        for denom, param in zip(denoms, device_params, strict=True):
-            denom.copysign_(param)  # torch has no foreach copysign
         exponents = torch._foreach_div(device_exp_avgs, denoms)
+        # s·(m/d) with s = sign(θ): torch has no foreach copysign, and a copysign launch per
+        # tensor cost more on CUDA than this whole product. A zero weight gets exponent 0 and stays 0.
+        signs = torch._foreach_sign(device_params)
+        torch._foreach_mul_(exponents, signs)
         torch._foreach_mul_(exponents, [-s for s, _ in scalars])
         if offset != 0:
             torch._foreach_add_(exponents, offset)
         _foreach_multiply_keeping_sign_(device_params, exponents, signs, floor)
+
+
+def _fused_eg_adamw(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    state_steps: list[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    floor: float,
+    maximize: bool,
+) -> None:
+    offset = math.log1p(-lr * weight_decay)
+    scalars = functools.partial(_adam_scalars, lr=lr, beta1=beta1, beta2=beta2, eps=eps)
+    for indices in _group_by_device_and_dtype(params).values():
+        device_grads = [grads[i] for i in indices]
+        if maximize:
+            device_grads = torch._foreach_neg(device_grads)
+        fused_eg_adamw_(
+            [params[i] for i in indices],
+            device_grads,
+            [exp_avgs[i] for i in indices],
+            [exp_avg_sqs[i] for i in indices],
+            [state_steps[i] for i in indices],
+            scalars=scalars,
+            offset=offset,
+            beta1=beta1,
+            beta2=beta2,
+            floor=floor,
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -85,7 +85,14 @@ def solve_damped(a: Tensor, g: Tensor, damping: float) -> Tensor:
 
     Woodbury: ``(AᵀA + δI)⁻¹ g = (g − Aᵀ(δI + AAᵀ)⁻¹ A g)/δ``, an ``r × r`` system (``r`` = rows of A).
     With ``δ = 0`` or a singular system, the least-squares (pseudo-inverse) solution is used instead.
+    The solve runs in float64: with a small damping the system is ill-conditioned, and in float32
+    CPU and CUDA solvers gave steps different enough to change the learning curve.
     """
+    dtype = a.dtype
+    return _solve_damped(a.double(), g.double(), damping).to(dtype)
+
+
+def _solve_damped(a: Tensor, g: Tensor, damping: float) -> Tensor:
     rows, dim = a.shape
     if damping > 0 and rows < dim:
         small = a @ a.T

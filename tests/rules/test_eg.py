@@ -62,6 +62,21 @@ ADAMW_CONFIGS: list[dict[str, Any]] = [
 ]
 
 
+@pytest.mark.parametrize(
+    ("optimizer", "kwargs"),
+    [
+        (EGSGD, {"lr": 0.3, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01, "maximize": True}),
+        (EGAdamW, {"lr": 0.05, "weight_decay": 0.1, "betas": (0.8, 0.99)}),
+    ],
+    ids=["eg_sgd", "eg_adamw"],
+)
+def test_the_compiled_kernel_matches_the_loop_in_float64(optimizer: type, kwargs: dict[str, Any]) -> None:
+    loop = _run(lambda p: optimizer(p, foreach=False, **kwargs))
+    fused = _run(lambda p: optimizer(p, fused=True, **kwargs))
+    for a, b in zip(loop, fused, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=0)
+
+
 @pytest.mark.parametrize("kwargs", SGD_CONFIGS, ids=str)
 def test_eg_sgd_foreach_matches_the_loop_in_float64(kwargs: dict[str, Any]) -> None:
     loop = _run(lambda p: EGSGD(p, foreach=False, **kwargs))
