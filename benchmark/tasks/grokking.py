@@ -35,7 +35,36 @@ that never do.
 
 Target: ``test/accuracy`` at least 0.99.
 
-Not done: Power et al.'s 2-layer transformer at p = 97 (a GPU setting); this task is the MLP only.
+Option ``model: transformer`` (for GPU machines): Power et al. (2022, arXiv 2201.02177)'s setting,
+references/dynamics.md §4. The same ``M²`` pairs and split (``M`` is their ``p``), as the token sequence
+``a ∘ b =``, into a 2-layer decoder-only transformer, width 128, 4 heads, causal attention, learned
+positions, read out at the last position (``benchmark/tasks/grokking_transformer.py``). Minibatches of
+``min(512, ⌈n_train/2⌉)`` (``batch_size`` overrides), drawn epoch by epoch without replacement; the
+quadratic net stays full batch. ``theory/*`` is Tian's law for his net, so it is not logged for the
+transformer; the ``grok/*`` metrics are. GPU settings:
+
+- Suite entries (``width``, ``heads``, ``layers`` at their defaults 128, 4, 2)::
+
+      tasks:
+        - name: grokking_modadd
+          options: {model: transformer, M: 97}
+          sweep: {train_fraction: [0.3, 0.5]}
+      rules:
+        - name: adamw
+          hparams: {lr: 1.0e-3, betas: [0.9, 0.98], weight_decay: 1.0}
+      budget: {steps: 100000, eval_every: 100}
+
+  10⁵ steps as the re-implementations with wd 1 run; one seed at fraction 0.5 grokked by step 2200 (below).
+- Expected (Power et al.): training accuracy reaches ~100% long before test accuracy leaves chance
+  (1/97), which then rises to ≥ 99% (``grok/delay > 0``); smaller fractions need more steps, and weight
+  decay more than halves the data needed. Not checked in CI (CPU only): the tests train tiny ``M``.
+  Seen once (H100, torch 2.11, seed 0, fraction 0.5, the settings above, 3000 steps in 28 s): training
+  accuracy 99% at step 500, test 99% at 2200 (``grok/delay`` 1700), with one loss spike at 2300
+  (training accuracy 0.39 for one evaluation) before both settle at 1.00.
+- Gaps: Power et al. warm the learning rate up linearly over 10 steps; ``adamw`` and ``train.py`` have no
+  warm-up, so runs start at the full lr (ten steps out of thousands). The task's ``Resources`` ask for no GPU
+  (they are per task, not per option), so on a Ray grid give the transformer a GPU by other means;
+  ``train.run`` itself picks CUDA when present.
 """
 
 from __future__ import annotations
@@ -43,10 +72,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from itertools import repeat
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 from torch import Tensor, nn
 
 from benchmark.tasks.base import (
@@ -58,10 +87,14 @@ from benchmark.tasks.base import (
     cross_entropy,
     seeded_build,
 )
+from benchmark.tasks.grokking_transformer import ModularTransformer, equation_tokens
 from benchmark.types import Batch, OptionSweepPlot
 
 CRITICAL_MULTIPLIER = 2.7482  # Tian's code: critical_ratio_multiplier in config/dyn_madd.yaml
 ACCURACY_MARK = 0.99
+POWER_MAX_BATCH = 512  # Power et al.: batch = min(512, ⌈n_train / 2⌉)
+QUADRATIC_FIELDS = ("hidden",)
+TRANSFORMER_FIELDS = ("width", "heads", "layers", "batch_size")
 
 
 def critical_fraction(modulus: int) -> float:
@@ -70,9 +103,24 @@ def critical_fraction(modulus: int) -> float:
 
 
 class GrokkingOptions(TaskOptions):
+    """The modulus, the split and the model.
+
+    ``hidden`` belongs to ``model: quadratic``; ``width``, ``heads``, ``layers`` and ``batch_size`` to
+    ``model: transformer`` (setting one for the other model is an error). The dump (and so the run id)
+    holds only the chosen model's fields, and leaves ``model`` out at its default: quadratic runs keep
+    the ids they had before the transformer option existed.
+    """
+
     M: Annotated[int, Field(ge=2, description="the modulus; M² examples")] = 23
     train_fraction: Annotated[float, Field(gt=0, lt=1, description="share of the M² pairs to train on")] = 0.7
-    hidden: Annotated[int, Field(ge=1, description="K, hidden units")] = 512
+    model: Literal["quadratic", "transformer"] = "quadratic"
+    hidden: Annotated[int, Field(ge=1, description="K, hidden units (quadratic)")] = 512
+    width: Annotated[int, Field(ge=1, description="model width (transformer)")] = 128
+    heads: Annotated[int, Field(ge=1, description="attention heads (transformer)")] = 4
+    layers: Annotated[int, Field(ge=1, description="decoder blocks (transformer)")] = 2
+    batch_size: Annotated[
+        int | None, Field(ge=1, description="transformer minibatch; None: min(512, ⌈n_train/2⌉)")
+    ] = None
 
     @model_validator(mode="after")
     def _both_splits_nonempty(self) -> GrokkingOptions:
@@ -84,9 +132,40 @@ class GrokkingOptions(TaskOptions):
             )
         return self
 
+    @model_validator(mode="after")
+    def _fields_fit_the_model(self) -> GrokkingOptions:
+        foreign = QUADRATIC_FIELDS if self.model == "transformer" else TRANSFORMER_FIELDS
+        wrong = sorted(set(foreign) & self.model_fields_set)
+        if wrong:
+            other = "transformer" if self.model == "quadratic" else "quadratic"
+            raise ValueError(f"no {', '.join(wrong)} with model {self.model!r} (options of model {other!r})")
+        if self.model == "transformer":
+            if self.width % self.heads:
+                raise ValueError(f"width a multiple of heads (got width={self.width}, heads={self.heads})")
+            if self.batch_size is not None and self.batch_size > self.train_examples:
+                raise ValueError(
+                    f"batch_size at most the {self.train_examples} training pairs (got {self.batch_size})"
+                )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _chosen_model_fields_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        foreign = QUADRATIC_FIELDS if self.model == "transformer" else (*TRANSFORMER_FIELDS, "model")
+        for key in foreign:
+            data.pop(key, None)
+        return data
+
     @property
     def train_examples(self) -> int:
         return round(self.train_fraction * self.M**2)
+
+    @property
+    def train_batch_size(self) -> int:
+        """The transformer's minibatch: ``batch_size``, else Power et al.'s ``min(512, ⌈n_train/2⌉)``."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return min(POWER_MAX_BATCH, math.ceil(self.train_examples / 2))
 
 
 class QuadraticNet(nn.Module):
@@ -102,20 +181,39 @@ class QuadraticNet(nn.Module):
 
 
 def build_model(options: GrokkingOptions, generator: torch.Generator) -> nn.Module:
-    # nn.Linear's default init, as in Tian's code, drawn on a seed from the init stream.
+    # torch's default inits (Tian's code uses nn.Linear's), drawn on a seed from the init stream.
+    if options.model == "transformer":
+        return seeded_build(
+            generator, lambda: ModularTransformer(options.M, options.width, options.heads, options.layers)
+        )
     return seeded_build(generator, lambda: QuadraticNet(2 * options.M, options.hidden, options.M))
 
 
-def all_pairs(modulus: int) -> tuple[Tensor, Tensor]:
-    """Inputs ``one-hot(a) ⊕ one-hot(b)`` and labels ``(a + b) mod M`` for all ``M²`` pairs."""
+def all_pairs(modulus: int, model: str = "quadratic") -> tuple[Tensor, Tensor]:
+    """Inputs and labels ``(a + b) mod M`` for all ``M²`` pairs, ``a``-major.
+
+    Inputs: ``one-hot(a) ⊕ one-hot(b)`` for the quadratic net, the tokens ``a ∘ b =`` for the transformer.
+    """
     a, b = torch.meshgrid(torch.arange(modulus), torch.arange(modulus), indexing="ij")
     a, b = a.reshape(-1), b.reshape(-1)
+    if model == "transformer":
+        return equation_tokens(a, b, modulus), (a + b) % modulus
     eye = torch.eye(modulus)
     return torch.cat([eye[a], eye[b]], dim=1), (a + b) % modulus
 
 
+def minibatches(x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+    """Endless minibatches, epoch by epoch without replacement; the last partial batch is dropped."""
+    n = len(y)
+    while True:
+        order = torch.randperm(n, generator=generator).to(x.device)
+        for start in range(0, n - batch_size + 1, batch_size):
+            idx = order[start : start + batch_size]
+            yield x[idx], y[idx]
+
+
 class GrokkingData(TaskData):
-    """The split (drawn when the batches are first asked for), full-batch training and the 99% steps."""
+    """The split (drawn when the batches are first asked for), the training batches and the 99% steps."""
 
     def __init__(self, options: GrokkingOptions, device: torch.device) -> None:
         self.options = options
@@ -125,12 +223,14 @@ class GrokkingData(TaskData):
 
     def train_batches(self, generator: torch.Generator) -> Iterator[Batch]:
         # Not a generator function: the split is drawn now, so the step-0 evaluation can see it.
-        x, y = all_pairs(self.options.M)
-        order = torch.randperm(len(y), generator=generator)
+        x, y = all_pairs(self.options.M, self.options.model)
+        order = torch.randperm(len(y), generator=generator)  # the same split for either model
         train, test = order[: self.options.train_examples], order[self.options.train_examples :]
         self.train_x, self.train_y = x[train].to(self.device), y[train].to(self.device)
         self.test_x, self.test_y = x[test].to(self.device), y[test].to(self.device)
         self.drawn = True
+        if self.options.model == "transformer":
+            return minibatches(self.train_x, self.train_y, self.options.train_batch_size, generator)
         return repeat((self.train_x, self.train_y))  # full batch, as in Tian's code
 
     @torch.no_grad()
@@ -148,11 +248,15 @@ class GrokkingData(TaskData):
             if math.isnan(self.first_99[split]) and accuracy >= ACCURACY_MARK:
                 self.first_99[split] = float(step)
         model.train(was_training)
-        f_c = critical_fraction(self.options.M)
-        return metrics | {
+        metrics |= {
             "grok/train_step_99": self.first_99["train"],
             "grok/test_step_99": self.first_99["test"],
             "grok/delay": self.first_99["test"] - self.first_99["train"],
+        }
+        if self.options.model == "transformer":
+            return metrics  # f_c is Tian's law for his quadratic net; Power et al. have no such closed form
+        f_c = critical_fraction(self.options.M)
+        return metrics | {
             "theory/critical_fraction": f_c,
             "theory/fraction_over_critical": self.options.train_fraction / f_c,
         }
@@ -167,7 +271,10 @@ def load_data(options: GrokkingOptions, device: torch.device) -> GrokkingData:
 
 GROKKING_MODADD = TaskInfo(
     name="grokking_modadd",
-    description="Modular addition with Tian's quadratic MLP; grokking delay and the 2.7482 ln M/M law.",
+    description=(
+        "Modular addition with Tian's quadratic MLP (the 2.7482 ln M/M law) or Power et al.'s transformer;"
+        " grokking delay."
+    ),
     options=GrokkingOptions,
     test_options={"M": 5, "hidden": 16, "train_fraction": 0.6},
     build_model=build_model,
