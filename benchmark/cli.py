@@ -182,6 +182,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
             raise SpecError(None, "--rules", "registered rules", str(exc)) from None
     from benchmark.execute.tune import tune_plan, tuning_bases, write_tuned
 
+    workers = sorted({s.budget.workers for s in plan.specs if s.budget.workers})
+    if workers:
+        raise SpecError(args.suite, "budget.workers", "none when tuning (each trial is one process)", workers)
     if not tuning_bases(plan, args.rules):
         raise SpecError(args.suite, "rules", "at least one rule with a search space to tune", "none")
     resources = _connect(args)

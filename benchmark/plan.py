@@ -175,6 +175,8 @@ def expand(suite: Suite, path: str | Path, code_version: str = "") -> Plan:
     seen: dict[str, str] = {}
     for task, options, budget, rule, hparam_sets in cells:
         reason = rule.unsupported(task, options)
+        if reason is None and budget.workers is not None and not rule.data_parallel:
+            reason = f"budget.workers = {budget.workers}: its update is not a gradient step DDP can average"
         if reason is not None:
             dropped.append(DroppedCell(task.name, rule.name, reason))
             continue

@@ -27,6 +27,16 @@ class Seeds:
         gen.manual_seed(int(getattr(self, stream)))
         return gen
 
+    def for_rank(self, rank: int) -> Seeds:
+        """The seeds of data-parallel worker ``rank``: its own data stream, the same init and rule.
+
+        Rank 0 keeps the run's seeds, so worker 0 sees what a one-process run would.
+        """
+        if rank == 0:
+            return self
+        child = np.random.SeedSequence([self.data, rank]).generate_state(1, dtype=np.uint64)[0]
+        return Seeds(data=int(child >> 1), init=self.init, rule=self.rule)
+
 
 def derive_seeds(seed: int) -> Seeds:
     """Split ``seed`` into data, init and rule seeds with numpy's SeedSequence."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictInt, ValidationError, model_validator
 
 from benchmark.errors import SpecError, SpecErrors
 
@@ -32,6 +32,16 @@ class Budget(_Frozen):
     eval_every: Annotated[StrictInt, Field(gt=0)] | None = None
     probe_every: Annotated[StrictInt, Field(gt=0)] | None = None
     """Steps between implied-metric probes of the rule's update; off when None."""
+    workers: Annotated[StrictInt, Field(gt=1)] | None = None
+    """Data-parallel processes per run (DDP through Ray Train), each with the task's resources and a
+    batch of the task's ``batch_size``: the global batch is ``workers × batch_size``. One process
+    when None."""
+
+    @model_validator(mode="after")
+    def _probe_runs_in_one_process(self) -> Budget:
+        if self.workers is not None and self.probe_every is not None:
+            raise ValueError("probe_every needs one process: the probe reads one model's step, not workers'")
+        return self
 
 
 class TaskEntry(_Frozen):

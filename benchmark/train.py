@@ -2,6 +2,11 @@
 
 Pure apart from ``report``: no Ray, no MLflow, no files. The same spec on the same CPU gives the
 same numbers, and a run whose loss stops being finite ends as ``diverged`` at that step.
+
+Inside a ``torch.distributed`` group of several processes (as Ray Train's TorchTrainer starts one,
+see :mod:`benchmark.execute.ddp`) the same loop trains data-parallel: the model is wrapped in
+DistributedDataParallel, each rank draws its own batches, and the step's loss is averaged over the
+ranks, so every rank sees the same curve and stops at the same step.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from benchmark.metrics import Clock, brain_metrics, parameter_snapshot, save_weight_histogram
 from benchmark.probe import ImpliedMetricProbe
@@ -26,6 +33,41 @@ from benchmark.types import Metrics, Report
 
 def no_report(step: int, metrics: Metrics) -> None:
     """The default ``report``: tell nobody."""
+
+
+def _process_group() -> tuple[int, int]:
+    """(rank, world size) of the torch.distributed group this process is in; (0, 1) outside one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _data_parallel(
+    model: torch.nn.Module, learner: object, rule: str, device: torch.device
+) -> DistributedDataParallel:
+    if not isinstance(learner, OptimizerRule):
+        # Its update reads more than the gradient (activations, equilibria, perturbations), which
+        # DDP does not average across ranks; the planner drops such cells before they get here.
+        raise ValueError(f"rule {rule!r} cannot train data-parallel: its update is not an optimizer step")
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _average_buffers(model: torch.nn.Module) -> None:
+    """Average floating buffers (BatchNorm's running statistics) over the ranks before evaluating.
+
+    DDP hands rank 0's buffers to every rank at each forward, but the last training forward leaves
+    each rank with statistics of its own batches: evaluation would differ from rank to rank.
+    """
+    for buffer in model.buffers():
+        if buffer.is_floating_point():
+            dist.all_reduce(buffer)
+            buffer.div_(dist.get_world_size())
+
+
+def _mean_over_ranks(value: float, device: torch.device) -> float:
+    total = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return float(total) / dist.get_world_size()
 
 
 def run(
@@ -46,7 +88,8 @@ def run(
     rule = RULES.get(spec.rule)
     options = task.options.model_validate(spec.task_options)
     hparams = rule.hparams.model_validate(spec.hparams)
-    seeds = derive_seeds(spec.seed)
+    rank, world = _process_group()
+    seeds = derive_seeds(spec.seed).for_rank(rank)
     seed_everything(seeds.rule)
 
     init_gen = seeds.generator("init")
@@ -57,6 +100,7 @@ def run(
     initial = parameter_snapshot(model)  # for the end-of-run sign flips (Dale's law)
     data = task.load_data(options, device)
     learner = rule.build(model, hparams)
+    stepped = model if world == 1 else _data_parallel(model, learner, spec.rule, device)
     batches = data.train_batches(seeds.generator("data"))
     probe_every = spec.budget.probe_every  # implied-metric probe (seed 003); off when None
     # An OptimizerRule leaves ∇L(θ₀) in .grad, which spares the probe one backward pass.
@@ -72,6 +116,8 @@ def run(
     rule_metrics: dict[str, float] = {}
 
     def evaluate(step: int) -> dict[str, float]:
+        if world > 1:
+            _average_buffers(model)
         metrics = dict(data.evaluate(model, step))
         if step_losses and "train/loss" not in metrics:
             metrics["train/loss"] = sum(step_losses) / len(step_losses)
@@ -95,11 +141,13 @@ def run(
             clock.pause()  # probing is not training time
             probing.before(batch)
             clock.start()
-        step_metrics = learner.train_step(model, batch, task.loss)
+        step_metrics = learner.train_step(stepped, batch, task.loss)
         clock.pause()
         if probing is not None:
             probing.after(batch, step_metrics["train/loss"])
         loss = step_metrics.pop("train/loss")
+        if world > 1:
+            loss = _mean_over_ranks(loss, device)
         rule_metrics = step_metrics
         step_losses.append(loss)
         if not math.isfinite(loss):

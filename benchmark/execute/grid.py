@@ -235,22 +235,62 @@ def run_grid(
     if not todo:
         tracker.flush()
         return outcome
-    param_space = {
-        "spec": tune.grid_search([s.model_dump(mode="json") for s in todo]),
-        "results": str(results),
-    }
-    run_trials(
-        param_space,
-        len(todo),
-        todo[0],
-        results,
-        tracker,
-        resources,
-        outcome,
-        stream,
-        max_failures=max_failures,
-    )
+    one_process = [s for s in todo if s.budget.workers is None]
+    data_parallel = [s for s in todo if s.budget.workers is not None]
+    progress = Progress(len(todo), stream)
+    tracker.start_suite(todo[0].suite, len(todo), todo[0].code_version)
+    try:
+        if one_process:
+            param_space = {
+                "spec": tune.grid_search([s.model_dump(mode="json") for s in one_process]),
+                "results": str(results),
+            }
+            name = todo[0].suite
+            _fit(param_space, name, results, tracker, resources, outcome, progress, max_failures=max_failures)
+        for spec in data_parallel:
+            _run_data_parallel(spec, results, tracker, resources, outcome, progress)
+    except Exception:
+        tracker.end_suite(failed=len(todo))
+        traceback.print_exc(file=stream)
+        raise
+    tracker.end_suite(failed=len(outcome.failed))
     return outcome
+
+
+def _run_data_parallel(
+    spec: RunSpec,
+    results: Path,
+    tracker: Tracker,
+    resources: ResourceFn,
+    outcome: GridOutcome,
+    progress: Progress,
+) -> None:
+    """One run on ``spec.budget.workers`` Ray Train workers, from the driver, tracked from its row.
+
+    Tune trials cannot host it: a trial holds its resources while the workers ask for theirs.
+    """
+    from ray.train import TrainingFailedError
+
+    from benchmark.execute.ddp import run_ddp
+
+    tracker.start_run(spec)
+    try:
+        run_ddp(spec, results, resources(spec))
+        row = store.read_run(store.runs_dir(results, spec.suite) / f"{spec.run_id}.parquet")
+    except (TrainingFailedError, OSError) as exc:  # a worker's error: the run failed, the grid goes on
+        error = str(exc).strip().splitlines()[-1][:2000] if str(exc).strip() else type(exc).__name__
+        store.write_run(results, spec, failed_result(spec, error))
+        tracker.end_run(spec.run_id, "failed")
+        outcome.failed.append((spec, error))
+        progress.update(_label(spec), "failed")
+        return
+    for point in row["curve"] or []:
+        tracker.log_metrics(spec.run_id, int(point["step"]), dict(point["metrics"] or {}))
+    status = str(row["status"])
+    artifacts = store.artifacts_dir(results, spec) if spec.artifacts else None
+    tracker.end_run(spec.run_id, status, artifacts)
+    (outcome.diverged if status == "diverged" else outcome.completed).append(spec.run_id)
+    progress.update(_label(spec), status)
 
 
 def run_trials(
@@ -272,7 +312,41 @@ def run_trials(
     algorithm samples ``hp/...`` into it) and ``results``. Returns Tune's ResultGrid.
     """
     tracker.start_suite(first.suite, total, first.code_version)
-    progress = Progress(total, stream)
+    try:
+        grid = _fit(
+            param_space,
+            first.suite,
+            results,
+            tracker,
+            resources,
+            outcome,
+            Progress(total, stream),
+            search_alg=search_alg,
+            num_samples=total,
+            max_failures=max_failures,
+        )
+    except Exception:
+        tracker.end_suite(failed=total)
+        traceback.print_exc(file=stream)
+        raise
+    tracker.end_suite(failed=len(outcome.failed))
+    return grid
+
+
+def _fit(
+    param_space: dict[str, Any],
+    name: str,
+    results: Path,
+    tracker: Tracker,
+    resources: ResourceFn,
+    outcome: GridOutcome,
+    progress: Progress,
+    *,
+    search_alg: Any = None,
+    num_samples: int = 1,
+    max_failures: int = 1,
+) -> Any:
+    """One Tune fit: trials tracked by the callback, stored by the workers; returns the ResultGrid."""
     callback = _GridCallback(tracker, results, outcome, progress)
     scratch = Path(tempfile.mkdtemp(prefix="sb_tune_"))
     try:
@@ -280,29 +354,23 @@ def run_trials(
         tune_config = (
             tune.TuneConfig(reuse_actors=True)
             if search_alg is None
-            else tune.TuneConfig(reuse_actors=True, search_alg=search_alg, num_samples=total)
+            else tune.TuneConfig(reuse_actors=True, search_alg=search_alg, num_samples=num_samples)
         )
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
             tune_config=tune_config,
             run_config=tune.RunConfig(
-                name=f"{first.suite}-{uuid.uuid4().hex[:8]}",
+                name=f"{name}-{uuid.uuid4().hex[:8]}",
                 storage_path=str(scratch),
                 failure_config=tune.FailureConfig(max_failures=max_failures),
                 callbacks=[callback],
                 verbose=0,
             ),
         )
-        grid = tuner.fit()
-    except Exception:
-        tracker.end_suite(failed=total)
-        traceback.print_exc(file=stream)
-        raise
+        return tuner.fit()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    tracker.end_suite(failed=len(outcome.failed))
-    return grid
 
 
 def _backfill_tracking(

@@ -100,6 +100,8 @@ class RuleInfo:
         unsupported: ``unsupported(task, options) -> reason | None``; the planner drops the cell.
         error_cases: hyperparameters that must raise, for the contract tests.
         test_hparams: a cheap setting for CI (as a task's ``test_options``), e.g. a loose solver.
+        data_parallel: its ``build`` gives an :class:`OptimizerRule` whose step reads only the
+            gradient, which DDP averages across workers, so runs may use ``budget.workers``.
     """
 
     name: str
@@ -113,6 +115,7 @@ class RuleInfo:
     unsupported: Callable[[TaskInfo, Any], str | None] = always_supported
     error_cases: tuple[ErrorCase, ...] = ()
     test_hparams: Mapping[str, Any] = field(default_factory=dict)
+    data_parallel: bool = False
 
     def defaults(self) -> dict[str, Any]:
         return self.hparams().model_dump(mode="json")

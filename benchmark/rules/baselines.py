@@ -53,6 +53,7 @@ class AdamHParams(HParams):
 
 SGD = RuleInfo(
     name="sgd",
+    data_parallel=True,
     description="Stochastic gradient descent with heavy-ball momentum (torch.optim.SGD).",
     hparams=SGDHParams,
     build=bind(torch.optim.SGD),
@@ -70,6 +71,7 @@ SGD = RuleInfo(
 
 ADAMW = RuleInfo(
     name="adamw",
+    data_parallel=True,
     description="Adam with decoupled weight decay (torch.optim.AdamW).",
     hparams=AdamWHParams,
     build=bind(torch.optim.AdamW),
@@ -86,6 +88,7 @@ ADAMW = RuleInfo(
 
 ADAM = RuleInfo(
     name="adam",
+    data_parallel=True,
     description="Adam with L2 regularisation coupled into the gradient (torch.optim.Adam).",
     hparams=AdamHParams,
     build=bind(torch.optim.Adam),

@@ -55,6 +55,7 @@ def build_diffgrad(model: nn.Module, hp: DiffGradHParams) -> OptimizerRule:
 
 DIFFGRAD = RuleInfo(
     name="diffgrad",
+    data_parallel=True,
     description="diffGrad: Adam with a friction ξ = sigmoid(|Δg|) on the first moment (pytorch-optimizer).",
     hparams=DiffGradHParams,
     build=build_diffgrad,

@@ -1011,6 +1011,7 @@ _MOMENTUM_ERRORS = (
 
 EG_SGD = RuleInfo(
     name="eg_sgd",
+    data_parallel=True,
     description="Exponentiated-gradient SGD: multiplicative, sign-preserving updates (Dale's law).",
     hparams=EGSGDHParams,
     build=build_eg_sgd,
@@ -1026,6 +1027,7 @@ EG_SGD = RuleInfo(
 
 EG_ADAMW = RuleInfo(
     name="eg_adamw",
+    data_parallel=True,
     description="Exponentiated-gradient AdamW: Adam's moments in a sign-preserving multiplicative step.",
     hparams=EGAdamWHParams,
     build=build_eg_adamw,
@@ -1045,6 +1047,7 @@ EG_ADAMW = RuleInfo(
 
 SGD_SIGNED = RuleInfo(
     name="sgd_signed",
+    data_parallel=True,
     description="Sign-constrained SGD (Dale's-law baseline): a step that would cross zero stops near it.",
     hparams=SGDSignedHParams,
     build=build_sgd_signed,

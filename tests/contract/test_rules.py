@@ -13,7 +13,7 @@ import torch
 from benchmark import train
 from benchmark.errors import SpecError
 from benchmark.plan import expand
-from benchmark.rules import RULES, RuleInfo
+from benchmark.rules import RULES, OptimizerRule, RuleInfo
 from benchmark.seeding import derive_seeds
 from benchmark.spec import RunSpec, Suite
 from benchmark.tasks import TASKS
@@ -134,3 +134,11 @@ def test_declares_what_list_shows(name: str) -> None:
     assert rule.description
     assert rule.reference
     assert rule.defaults() == rule.hparams().model_dump(mode="json")
+
+
+@pytest.mark.parametrize("name", [n for n in RULE_NAMES if RULES.get(n).data_parallel])
+def test_data_parallel_rules_step_a_torch_optimizer(name: str) -> None:
+    # DDP averages gradients only; a rule that may run on several workers must update from them alone.
+    _, learner, _ = _build(_supported_spec(RULES.get(name)))
+    assert isinstance(learner, OptimizerRule)
+    assert isinstance(learner.optimizer, torch.optim.Optimizer)
