@@ -34,7 +34,7 @@ from benchmark.rules.base import (
     RuleInfo,
     UnitFloat,
 )
-from benchmark.rules.eg_fused import fused_eg_adamw_, fused_eg_sgd_
+from benchmark.rules.eg_fused import fused_eg_adamw_, fused_eg_sgd_, mark_static
 from benchmark.rules.sign_split import SignSplitHParams, check_nonzero, prepare_sign_split
 
 __all__ = [
@@ -268,7 +268,10 @@ class EGSGD(_SignDiagnostics, torch.optim.Optimizer):
             )
             if group["momentum"] != 0:
                 for p, buf in zip(params, bufs, strict=True):
-                    self.state[p]["momentum_buffer"] = buf
+                    state = self.state[p]
+                    if group["fused"] and buf is not None and state.get("momentum_buffer") is not buf:
+                        mark_static(p, buf)
+                    state["momentum_buffer"] = buf
         return loss
 
 
@@ -553,6 +556,8 @@ class EGAdamW(_SignDiagnostics, torch.optim.Optimizer):
                 state["step"] = torch.tensor(0.0)
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                if group["fused"]:
+                    mark_static(p, state["exp_avg"], state["exp_avg_sq"])
             exp_avgs.append(state["exp_avg"])
             exp_avg_sqs.append(state["exp_avg_sq"])
             steps.append(state["step"])

@@ -11,6 +11,11 @@ Everything that changes from step to step (the step size, bias corrections, the 
 passed as a tensor, so a schedule that changes ``lr`` does not recompile; hyperparameters that stay
 fixed for a run (betas, momentum, the floor) are compiled in as constants. The first call compiles
 (seconds to a minute, once per model shape): worth it for long runs, not for a few steps.
+
+On CUDA the step is also captured as a CUDA graph, replayed with one launch: without it the host
+spends longer launching the fused kernels than the GPU spends running them (H100, ResNet-18: 1.6 ms
+on the host for 0.13 ms of GPU work). The parameters and the optimizer's state are marked as fixed
+addresses when the state is created (:func:`mark_static`), so the graph updates them in place.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["fused_eg_adamw_", "fused_eg_sgd_"]
+__all__ = ["fused_eg_adamw_", "fused_eg_sgd_", "mark_static"]
 
 
 COMPILE_OPTIONS: dict[str, Any] = {"combo_kernels": True}
@@ -31,10 +36,19 @@ tensors, 9 launches in place of 63 (0.13 ms of GPU time per step against 0.39 fo
 
 
 @functools.cache
-def _compiled(kernel: Callable[..., None]) -> Callable[..., None]:
+def _compiled(kernel: Callable[..., None], cuda_graphs: bool) -> Callable[..., None]:
     # dynamic=False: a model's tensor shapes are fixed, and static shapes fuse best.
-    compiled: Callable[..., None] = torch.compile(kernel, dynamic=False, options=COMPILE_OPTIONS)
+    options = {**COMPILE_OPTIONS, "triton.cudagraphs": cuda_graphs}
+    compiled: Callable[..., None] = torch.compile(kernel, dynamic=False, options=options)
     return compiled
+
+
+def mark_static(*tensors: Tensor) -> None:
+    """Declare CUDA tensors that keep their storage for the run (parameters, optimizer state), so a
+    captured step updates them in place instead of copying them in and out of the graph."""
+    for tensor in tensors:
+        if tensor.is_cuda:
+            torch._dynamo.mark_static_address(tensor)
 
 
 def _keep_sign(param: Tensor, exponent: Tensor, floor: float) -> Tensor:
@@ -82,7 +96,8 @@ def fused_eg_adamw_(
     torch._foreach_add_(state_steps, 1)
     rows = [(*scalars(float(s.item())), offset) for s in state_steps]
     coefficients = torch.tensor(rows, dtype=params[0].dtype).to(params[0].device, non_blocking=True)
-    _compiled(_eg_adamw_kernel)(params, grads, exp_avgs, exp_avg_sqs, coefficients, beta1, beta2, floor)
+    kernel = _compiled(_eg_adamw_kernel, params[0].is_cuda)
+    kernel(params, grads, exp_avgs, exp_avg_sqs, coefficients, beta1, beta2, floor)
 
 
 def _eg_sgd_kernel(
@@ -124,5 +139,5 @@ def fused_eg_sgd_(
     # Without momentum the decay term −lr·s·(λ·s) is −lr·λ on every nonzero weight.
     offset = -lr * weight_decay if momentum == 0 else 0.0
     coefficients = torch.tensor([lr, offset], dtype=params[0].dtype).to(params[0].device, non_blocking=True)
-    kernel: Any = _compiled(_eg_sgd_kernel)
+    kernel: Any = _compiled(_eg_sgd_kernel, params[0].is_cuda)
     kernel(params, grads, bufs, coefficients, momentum, dampening, weight_decay, nesterov, floor)
