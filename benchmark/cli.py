@@ -222,7 +222,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.what in (None, "rules"):
         print("Rules:")
         for name, rule in RULES.items():
-            print(f"  {name:<16} {rule.description}  [{rule.track}]")
+            tags = ", ".join([rule.track, *(["data-parallel"] if rule.data_parallel else [])])
+            print(f"  {name:<16} {rule.description}  [{tags}]")
             tunable = set(rule.search_space)
             for key, value in rule.defaults().items():
                 mark = " (tuned)" if key in tunable else ""
