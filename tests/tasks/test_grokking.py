@@ -94,6 +94,18 @@ def test_generalises_above_twice_the_critical_fraction_not_below_half_of_it() ->
     assert above["grok/delay"] > 0  # test accuracy reaches 99% after training accuracy does
 
 
+def _suite_with(options: dict[str, object]) -> Suite:
+    return Suite.model_validate(
+        {
+            "name": "bad",
+            "tasks": [{"name": "grokking_modadd", "options": options}],
+            "rules": [{"name": "adamw"}],
+            "seeds": [0],
+            "budget": {"steps": 1},
+        }
+    )
+
+
 @pytest.mark.parametrize(
     ("options", "field"),
     [
@@ -103,15 +115,7 @@ def test_generalises_above_twice_the_critical_fraction_not_below_half_of_it() ->
     ],
 )
 def test_bad_modulus_or_fraction_is_bad_input(options: dict[str, float], field: str) -> None:
-    suite = Suite.model_validate(
-        {
-            "name": "bad",
-            "tasks": [{"name": "grokking_modadd", "options": options}],
-            "rules": [{"name": "adamw"}],
-            "seeds": [0],
-            "budget": {"steps": 1},
-        }
-    )
+    suite = _suite_with(options)
     with pytest.raises(SpecError, match=rf"suite.yaml: tasks\[0\].options.{field}"):
         expand(suite, Path("suite.yaml"))
 
@@ -130,15 +134,7 @@ def test_bad_modulus_or_fraction_is_bad_input(options: dict[str, float], field: 
 def test_impossible_transformer_options_are_bad_input(
     options: dict[str, object], field: str, message: str
 ) -> None:
-    suite = Suite.model_validate(
-        {
-            "name": "bad",
-            "tasks": [{"name": "grokking_modadd", "options": options}],
-            "rules": [{"name": "adamw"}],
-            "seeds": [0],
-            "budget": {"steps": 1},
-        }
-    )
+    suite = _suite_with(options)
     with pytest.raises(SpecError, match=rf"suite.yaml: tasks\[0\].{field}: expected .*{message}"):
         expand(suite, Path("suite.yaml"))
 
