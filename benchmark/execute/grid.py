@@ -14,7 +14,8 @@ import tempfile
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -141,12 +142,47 @@ def _clock(seconds: float) -> str:
     return f"{m // 60}:{m % 60:02d}:{s:02d}"
 
 
+@dataclass
+class _Ledger:
+    """Where a finished run is recorded: its MLflow run closed, the outcome, the progress line."""
+
+    tracker: Tracker
+    results: Path
+    outcome: GridOutcome
+    progress: Progress
+
+    def completed(self, spec: RunSpec, status: str) -> None:
+        artifacts = store.artifacts_dir(self.results, spec) if spec.artifacts else None
+        self.tracker.end_run(spec.run_id, status, artifacts)
+        (self.outcome.diverged if status == "diverged" else self.outcome.completed).append(spec.run_id)
+        self.progress.update(_label(spec), status)
+
+    def failed(self, spec: RunSpec, error: str) -> None:
+        store.write_run(self.results, spec, failed_result(spec, error))
+        self.tracker.end_run(spec.run_id, "failed")
+        self.outcome.failed.append((spec, error))
+        self.progress.update(_label(spec), "failed")
+
+
+@contextmanager
+def _suite_tracking(
+    tracker: Tracker, first: RunSpec, total: int, outcome: GridOutcome, stream: TextIO
+) -> Iterator[None]:
+    """The invocation's parent MLflow run, closed with the failures counted, or all of them on a crash."""
+    tracker.start_suite(first.suite, total, first.code_version)
+    try:
+        yield
+    except Exception:
+        tracker.end_suite(failed=total)
+        traceback.print_exc(file=stream)
+        raise
+    tracker.end_suite(failed=len(outcome.failed))
+
+
 class _GridCallback(tune.Callback):
-    def __init__(self, tracker: Tracker, results: Path, outcome: GridOutcome, progress: Progress) -> None:
-        self.tracker = tracker
-        self.results = results
-        self.outcome = outcome
-        self.progress = progress
+    def __init__(self, ledger: _Ledger) -> None:
+        self.ledger = ledger
+        self.tracker = ledger.tracker
         self._started: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -176,20 +212,10 @@ class _GridCallback(tune.Callback):
             self.tracker.log_metrics(self._spec(trial).run_id, int(result.get(STEP_KEY, 0)), metrics)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        spec = self._spec(trial)
-        status = str((trial.last_result or {}).get(STATUS_KEY, "ok"))
-        artifacts = store.artifacts_dir(self.results, spec) if spec.artifacts else None
-        self.tracker.end_run(spec.run_id, status, artifacts)
-        (self.outcome.diverged if status == "diverged" else self.outcome.completed).append(spec.run_id)
-        self.progress.update(_label(spec), status)
+        self.ledger.completed(self._spec(trial), str((trial.last_result or {}).get(STATUS_KEY, "ok")))
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        spec = self._spec(trial)
-        error = _trial_error(trial)
-        store.write_run(self.results, spec, failed_result(spec, error))
-        self.tracker.end_run(spec.run_id, "failed")
-        self.outcome.failed.append((spec, error))
-        self.progress.update(_label(spec), "failed")
+        self.ledger.failed(self._spec(trial), _trial_error(trial))
 
 
 def _label(spec: RunSpec) -> str:
@@ -237,34 +263,20 @@ def run_grid(
         return outcome
     one_process = [s for s in todo if s.budget.workers is None]
     data_parallel = [s for s in todo if s.budget.workers is not None]
-    progress = Progress(len(todo), stream)
-    tracker.start_suite(todo[0].suite, len(todo), todo[0].code_version)
-    try:
+    ledger = _Ledger(tracker, results, outcome, Progress(len(todo), stream))
+    with _suite_tracking(tracker, todo[0], len(todo), outcome, stream):
         if one_process:
             param_space = {
                 "spec": tune.grid_search([s.model_dump(mode="json") for s in one_process]),
                 "results": str(results),
             }
-            name = todo[0].suite
-            _fit(param_space, name, results, tracker, resources, outcome, progress, max_failures=max_failures)
+            _fit(param_space, todo[0].suite, resources, ledger, max_failures=max_failures)
         for spec in data_parallel:
-            _run_data_parallel(spec, results, tracker, resources, outcome, progress)
-    except Exception:
-        tracker.end_suite(failed=len(todo))
-        traceback.print_exc(file=stream)
-        raise
-    tracker.end_suite(failed=len(outcome.failed))
+            _run_data_parallel(spec, resources, ledger)
     return outcome
 
 
-def _run_data_parallel(
-    spec: RunSpec,
-    results: Path,
-    tracker: Tracker,
-    resources: ResourceFn,
-    outcome: GridOutcome,
-    progress: Progress,
-) -> None:
+def _run_data_parallel(spec: RunSpec, resources: ResourceFn, ledger: _Ledger) -> None:
     """One run on ``spec.budget.workers`` Ray Train workers, from the driver, tracked from its row.
 
     Tune trials cannot host it: a trial holds its resources while the workers ask for theirs.
@@ -273,24 +285,17 @@ def _run_data_parallel(
 
     from benchmark.execute.ddp import run_ddp
 
-    tracker.start_run(spec)
+    ledger.tracker.start_run(spec)
     try:
-        run_ddp(spec, results, resources(spec))
-        row = store.read_run(store.runs_dir(results, spec.suite) / f"{spec.run_id}.parquet")
+        run_ddp(spec, ledger.results, resources(spec))
+        row = store.read_run(store.runs_dir(ledger.results, spec.suite) / f"{spec.run_id}.parquet")
     except (TrainingFailedError, OSError) as exc:  # a worker's error: the run failed, the grid goes on
-        error = str(exc).strip().splitlines()[-1][:2000] if str(exc).strip() else type(exc).__name__
-        store.write_run(results, spec, failed_result(spec, error))
-        tracker.end_run(spec.run_id, "failed")
-        outcome.failed.append((spec, error))
-        progress.update(_label(spec), "failed")
+        message = str(exc).strip()
+        ledger.failed(spec, message.splitlines()[-1][:2000] if message else type(exc).__name__)
         return
     for point in row["curve"] or []:
-        tracker.log_metrics(spec.run_id, int(point["step"]), dict(point["metrics"] or {}))
-    status = str(row["status"])
-    artifacts = store.artifacts_dir(results, spec) if spec.artifacts else None
-    tracker.end_run(spec.run_id, status, artifacts)
-    (outcome.diverged if status == "diverged" else outcome.completed).append(spec.run_id)
-    progress.update(_label(spec), status)
+        ledger.tracker.log_metrics(spec.run_id, int(point["step"]), dict(point["metrics"] or {}))
+    ledger.completed(spec, str(row["status"]))
 
 
 def run_trials(
@@ -311,43 +316,31 @@ def run_trials(
     ``param_space`` holds ``spec`` (a grid over planned specs, or one base spec when a search
     algorithm samples ``hp/...`` into it) and ``results``. Returns Tune's ResultGrid.
     """
-    tracker.start_suite(first.suite, total, first.code_version)
-    try:
-        grid = _fit(
+    ledger = _Ledger(tracker, results, outcome, Progress(total, stream))
+    with _suite_tracking(tracker, first, total, outcome, stream):
+        return _fit(
             param_space,
             first.suite,
-            results,
-            tracker,
             resources,
-            outcome,
-            Progress(total, stream),
+            ledger,
             search_alg=search_alg,
             num_samples=total,
             max_failures=max_failures,
         )
-    except Exception:
-        tracker.end_suite(failed=total)
-        traceback.print_exc(file=stream)
-        raise
-    tracker.end_suite(failed=len(outcome.failed))
-    return grid
 
 
 def _fit(
     param_space: dict[str, Any],
     name: str,
-    results: Path,
-    tracker: Tracker,
     resources: ResourceFn,
-    outcome: GridOutcome,
-    progress: Progress,
+    ledger: _Ledger,
     *,
     search_alg: Any = None,
     num_samples: int = 1,
     max_failures: int = 1,
 ) -> Any:
     """One Tune fit: trials tracked by the callback, stored by the workers; returns the ResultGrid."""
-    callback = _GridCallback(tracker, results, outcome, progress)
+    callback = _GridCallback(ledger)
     scratch = Path(tempfile.mkdtemp(prefix="sb_tune_"))
     try:
         trainable = tune.with_resources(_trainable, lambda config: resources(spec_from_config(config)))
