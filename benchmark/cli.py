@@ -119,10 +119,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _print_plan(plan, args.results)
 
+    # MLflow's set-up runs on the tracker's thread while Ray starts; Tune loads after.
+    args.results.mkdir(parents=True, exist_ok=True)
+    tracker = _tracker(args, suite.name)
+    resources = _connect(args)
     from benchmark.execute.grid import run_grid
 
-    resources = _connect(args)
-    tracker = _tracker(args, suite.name)
     outcome = run_grid(
         plan.specs, args.results, tracker, resources, rerun=args.rerun, max_failures=args.max_failures
     )

@@ -75,7 +75,9 @@ class Tracker:
         if uri.startswith(("http://", "https://")) and not _reachable(uri):
             self._disable(f"MLflow tracking server {uri} is unreachable")
             return
-        self._guard(self._connect)
+        # Importing MLflow and creating its tables takes seconds: they run on the tracking thread,
+        # beside Ray's start-up, and every later call queues behind them.
+        self._submit(self._connect)
 
     def _connect(self) -> None:
         # Fail fast on an unreachable server instead of MLflow's long retry loop.

@@ -2,8 +2,10 @@
 RunSpecs trained one after another in one process by ``train.run``.
 
 Both sides start from a fresh Python process, so both pay their imports; the CLI side also pays Ray's
-start-up, worker imports and MLflow tracking. Prints both wall times and their ratio (CLI ÷ sequential):
-below 1, the grid's parallelism outweighs its overhead. The aim on 2 cores is 0.75 or less.
+start-up, worker imports and MLflow tracking. Both read the suite's data sets from the same data cache,
+filled beforehand (``--cold`` starts each side with an empty one instead). Prints both wall times and
+their ratio (CLI ÷ sequential): below 1, the grid's parallelism outweighs its overhead. The aim on 2
+cores is 0.75 or less.
 
     .venv/bin/python benchmarks/grid_overhead.py [--suite suites/smoke.yaml]
 """
@@ -29,6 +31,18 @@ for spec in expand(load_suite(path), path).specs:
     assert result.status == "ok", (spec, result.status)
 """
 
+PREPARE = """
+import sys
+import torch
+from benchmark.plan import expand
+from benchmark.spec import load_suite
+from benchmark.tasks import TASKS
+path = sys.argv[1]
+for spec in expand(load_suite(path), path).specs:
+    task = TASKS.get(spec.task)
+    task.load_data(task.options.model_validate(spec.task_options), torch.device("cpu"))
+"""
+
 
 def timed(cmd: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
@@ -39,14 +53,21 @@ def timed(cmd: list[str], env: dict[str, str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default="suites/smoke.yaml")
+    parser.add_argument("--cold", action="store_true", help="an empty data cache for each side")
     args = parser.parse_args()
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     with tempfile.TemporaryDirectory(prefix="sb_bench_") as tmp:
+        env["SYNAPSEBENCH_CACHE"] = str(Path(tmp) / "cache")
+        if not args.cold:
+            timed([sys.executable, "-c", PREPARE, args.suite], env)
         cli = [sys.executable, "-m", "benchmark", "run", args.suite, "--results", str(Path(tmp) / "r")]
         grid_s = timed(cli, env)
-    sequential_s = timed([sys.executable, "-c", SEQUENTIAL, args.suite], env)
+        if args.cold:
+            env["SYNAPSEBENCH_CACHE"] = str(Path(tmp) / "cache_sequential")
+        sequential_s = timed([sys.executable, "-c", SEQUENTIAL, args.suite], env)
     print(f"suite:                    {args.suite}")
     print(f"cores:                    {os.cpu_count()}")
+    print(f"data cache:               {'empty for each side' if args.cold else 'filled beforehand'}")
     print(f"synapsebench run (Ray):   {grid_s:7.1f} s")
     print(f"train.run, one by one:    {sequential_s:7.1f} s")
     print(f"ratio (Ray / sequential): {grid_s / sequential_s:7.2f}   (aim: <= 0.75)")

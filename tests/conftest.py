@@ -18,6 +18,12 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 RAY_TEMP_DIR = "/tmp/ray_sbt"  # short: AF_UNIX socket paths cap at 107 bytes
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _data_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Generated data sets go to a session folder, not the user's cache (set before Ray starts)."""
+    os.environ["SYNAPSEBENCH_CACHE"] = str(tmp_path_factory.mktemp("data_cache"))
+
+
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[Any]:
     """A real local Ray instance shared by every test that asks for it."""

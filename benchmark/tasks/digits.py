@@ -9,11 +9,14 @@ Source: the UCI optical recognition of handwritten digits data set, as shipped b
 from __future__ import annotations
 
 from functools import lru_cache
+from importlib.metadata import version
 from typing import Annotated
 
+import numpy as np
 import torch
 from pydantic import Field
 
+from benchmark.tasks.array_cache import cached_arrays
 from benchmark.tasks.base import (
     CLASSIFICATION_METRICS,
     Resources,
@@ -38,8 +41,7 @@ class DigitsOptions(TaskOptions):
     bias: bool = True
 
 
-@lru_cache(maxsize=2)
-def digits_arrays(test_fraction: float) -> tuple[torch.Tensor, ...]:
+def _split(test_fraction: float) -> tuple[np.ndarray, ...]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -47,6 +49,14 @@ def digits_arrays(test_fraction: float) -> tuple[torch.Tensor, ...]:
     x_train, x_test, y_train, y_test = train_test_split(
         x / 16.0, y, test_size=test_fraction, random_state=0, stratify=y
     )
+    return x_train, y_train, x_test, y_test
+
+
+@lru_cache(maxsize=2)
+def digits_arrays(test_fraction: float) -> tuple[torch.Tensor, ...]:
+    """The stratified split, kept in the data cache (loading it imports scikit-learn: seconds)."""
+    key = {"test_fraction": test_fraction, "scikit-learn": version("scikit-learn")}
+    x_train, y_train, x_test, y_test = cached_arrays("digits", key, lambda: _split(test_fraction))
     return (
         torch.as_tensor(x_train, dtype=torch.float32),
         torch.as_tensor(y_train, dtype=torch.long),

@@ -10,11 +10,14 @@ Source: https://arxiv.org/abs/2011.14439, github.com/greydanus/mnist1d.
 from __future__ import annotations
 
 from functools import lru_cache
+from importlib.metadata import version
 from typing import Annotated
 
+import numpy as np
 import torch
 from pydantic import Field
 
+from benchmark.tasks.array_cache import cached_arrays
 from benchmark.tasks.base import (
     CLASSIFICATION_METRICS,
     Resources,
@@ -40,20 +43,26 @@ class MNIST1DOptions(TaskOptions):
     data_seed: int = 42
 
 
-@lru_cache(maxsize=4)
-def mnist1d_arrays(num_samples: int, data_seed: int) -> tuple[torch.Tensor, ...]:
-    """Generate MNIST-1D locally (cached per process, since workers run many cells)."""
+def _generate(num_samples: int, data_seed: int) -> tuple[np.ndarray, ...]:
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
     args.num_samples = num_samples
     args.seed = data_seed
     data = make_dataset(args)
+    return tuple(np.asarray(data[k]) for k in ("x", "y", "x_test", "y_test"))
+
+
+@lru_cache(maxsize=4)
+def mnist1d_arrays(num_samples: int, data_seed: int) -> tuple[torch.Tensor, ...]:
+    """MNIST-1D generated locally (kept in the data cache and per process: workers run many cells)."""
+    key = {"num_samples": num_samples, "seed": data_seed, "mnist1d": version("mnist1d")}
+    x, y, x_test, y_test = cached_arrays("mnist1d", key, lambda: _generate(num_samples, data_seed))
     return (
-        torch.as_tensor(data["x"], dtype=torch.float32),
-        torch.as_tensor(data["y"], dtype=torch.long),
-        torch.as_tensor(data["x_test"], dtype=torch.float32),
-        torch.as_tensor(data["y_test"], dtype=torch.long),
+        torch.as_tensor(x, dtype=torch.float32),
+        torch.as_tensor(y, dtype=torch.long),
+        torch.as_tensor(x_test, dtype=torch.float32),
+        torch.as_tensor(y_test, dtype=torch.long),
     )
 
 
