@@ -150,7 +150,7 @@ def _connect(args: argparse.Namespace) -> Callable[[RunSpec], dict[str, float]]:
     has_gpu = connect(args.address, args.num_cpus, env).get("GPU", 0) > 0
 
     def resources(spec: RunSpec) -> dict[str, float]:
-        need = TASKS.get(spec.task).resources
+        need = TASKS.get(spec.task).resources_for(spec.task_options)
         return {"cpu": need.cpus, "gpu": need.gpus if has_gpu else 0.0}
 
     return resources

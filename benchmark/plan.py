@@ -177,6 +177,8 @@ def expand(suite: Suite, path: str | Path, code_version: str = "") -> Plan:
         reason = rule.unsupported(task, options)
         if reason is None and budget.workers is not None and not rule.data_parallel:
             reason = f"budget.workers = {budget.workers}: its update is not a gradient step DDP can average"
+        if reason is None and budget.warmup_steps is not None and not rule.warms_up:
+            reason = f"budget.warmup_steps = {budget.warmup_steps}: its step has no optimizer lr to warm up"
         if reason is not None:
             dropped.append(DroppedCell(task.name, rule.name, reason))
             continue

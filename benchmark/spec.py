@@ -36,6 +36,10 @@ class Budget(_Frozen):
     """Data-parallel processes per run (DDP through Ray Train), each with the task's resources and a
     batch of the task's ``batch_size``: the global batch is ``workers × batch_size``. One process
     when None."""
+    warmup_steps: Annotated[StrictInt, Field(gt=0)] | None = None
+    """Linear learning-rate warm-up: step ``t`` runs at ``lr · min(1, t / warmup_steps)`` (Power et al.
+    2022 warm up over 10 steps). For rules whose step is a torch optimizer's with an ``lr``; the planner
+    drops the others' cells. None: the full ``lr`` from the first step."""
 
     @model_validator(mode="after")
     def _probe_runs_in_one_process(self) -> Budget:

@@ -101,6 +101,9 @@ def run(
     data = task.load_data(options, device)
     learner = rule.build(model, hparams)
     stepped = model if world == 1 else _data_parallel(model, learner, spec.rule, device)
+    warmup = spec.budget.warmup_steps or 0
+    if warmup and not isinstance(learner, OptimizerRule):
+        raise ValueError(f"rule {spec.rule!r} cannot warm up: its update is not an optimizer step")
     batches = data.train_batches(seeds.generator("data"))
     probe_every = spec.budget.probe_every  # implied-metric probe (seed 003); off when None
     # An OptimizerRule leaves ∇L(θ₀) in .grad, which spares the probe one backward pass.
@@ -141,6 +144,8 @@ def run(
             clock.pause()  # probing is not training time
             probing.before(batch)
             clock.start()
+        if step <= warmup and isinstance(learner, OptimizerRule):
+            learner.scale_lr(step / warmup)
         step_metrics = learner.train_step(stepped, batch, task.loss)
         clock.pause()
         if probing is not None:

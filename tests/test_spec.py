@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from benchmark.plan import expand
-from benchmark.spec import load_suite
+from benchmark.spec import Budget, load_suite
 from tests.conftest import tiny_suite, write_suite
 from tests.helpers import make_spec
 
@@ -29,6 +29,7 @@ def test_hash_changes_with_everything_that_changes_the_result() -> None:
         make_spec(rule="adamw"),
         make_spec(options={"width": 33}),
         make_spec(task="mnist1d_mlp"),
+        base.model_copy(update={"budget": Budget(steps=20, eval_every=10, warmup_steps=5)}),
     ]
     ids = {base.run_id, *(v.run_id for v in variants)}
     assert len(ids) == len(variants) + 1

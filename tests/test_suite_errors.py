@@ -69,6 +69,11 @@ CASES = {
     "string seed": (_suite(seeds=["zero"]), "seeds[0]", "a valid integer"),
     "empty grid": (_suite(tasks=[]), "tasks", "at least 1 item"),
     "no seeds": (_suite(seeds=[]), "seeds", "at least 1 item"),
+    "non-positive warm-up": (
+        _suite(budget={"steps": 30, "warmup_steps": 0}),
+        "budget.warmup_steps",
+        "greater than 0",
+    ),
     "missing budget": ({k: v for k, v in _suite().items() if k != "budget"}, "budget", "required"),
     "unknown top-level field": (_suite(sedes=[1]), "sedes", "no such field"),
 }

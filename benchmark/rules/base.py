@@ -51,6 +51,14 @@ class OptimizerRule:
 
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         self.optimizer = optimizer
+        self.base_lrs: list[float | None] = [group.get("lr") for group in optimizer.param_groups]
+
+    def scale_lr(self, factor: float) -> None:
+        """Run every parameter group at ``factor`` × its ``lr`` at build time (a warm-up's ramp)."""
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            if base is None:
+                raise ValueError(f"{type(self.optimizer).__name__} has no lr to scale")
+            group["lr"] = base * factor
 
     def train_step(self, model: nn.Module, batch: Batch, loss_fn: LossFn) -> dict[str, float]:
         inputs, targets = batch
@@ -119,3 +127,8 @@ class RuleInfo:
 
     def defaults(self) -> dict[str, Any]:
         return self.hparams().model_dump(mode="json")
+
+    @property
+    def warms_up(self) -> bool:
+        """Whether ``budget.warmup_steps`` applies: its step is a torch optimizer's, with an ``lr``."""
+        return self.data_parallel and "lr" in self.hparams.model_fields

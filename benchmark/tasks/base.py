@@ -70,7 +70,8 @@ class TaskInfo:
         metrics: the evaluation metrics it reports.
         target: the score that counts as solved, and its source.
         eval_every: default steps between evaluations, when the suite's budget leaves it open.
-        resources: what one run needs.
+        resources: what one run needs, or ``resources(options) -> Resources`` where an option
+            changes it (a GPU for grokking's transformer, none for its quadratic net).
         reference: where the setting comes from.
         theory_plots: plots of the runs against the task's closed form, drawn on the leaderboard.
     """
@@ -85,12 +86,18 @@ class TaskInfo:
     metrics: tuple[str, ...]
     target: Target
     eval_every: int
-    resources: Resources = Resources()
+    resources: Resources | Callable[[Any], Resources] = Resources()
     reference: str = ""
     theory_plots: tuple[TheoryPlot, ...] = ()
 
     def defaults(self) -> dict[str, Any]:
         return self.options().model_dump(mode="json")
+
+    def resources_for(self, options: Mapping[str, Any]) -> Resources:
+        """What one run with these (validated) options needs."""
+        if isinstance(self.resources, Resources):
+            return self.resources
+        return self.resources(self.options.model_validate(options))
 
 
 def seeded_build(generator: torch.Generator, build: Callable[[], nn.Module]) -> nn.Module:

@@ -52,7 +52,7 @@ transformer; the ``grok/*`` metrics are. GPU settings:
       rules:
         - name: adamw
           hparams: {lr: 1.0e-3, betas: [0.9, 0.98], weight_decay: 1.0}
-      budget: {steps: 100000, eval_every: 100}
+      budget: {steps: 100000, eval_every: 100, warmup_steps: 10}
 
   10⁵ steps as the re-implementations with wd 1 run; one seed at fraction 0.5 grokked by step 2200 (below).
 - Expected (Power et al.): training accuracy reaches ~100% long before test accuracy leaves chance
@@ -61,10 +61,10 @@ transformer; the ``grok/*`` metrics are. GPU settings:
   Seen once (H100, torch 2.11, seed 0, fraction 0.5, the settings above, 3000 steps in 28 s): training
   accuracy 99% at step 500, test 99% at 2200 (``grok/delay`` 1700), with one loss spike at 2300
   (training accuracy 0.39 for one evaluation) before both settle at 1.00.
-- Gaps: Power et al. warm the learning rate up linearly over 10 steps; ``adamw`` and ``train.py`` have no
-  warm-up, so runs start at the full lr (ten steps out of thousands). The task's ``Resources`` ask for no GPU
-  (they are per task, not per option), so on a Ray grid give the transformer a GPU by other means;
-  ``train.run`` itself picks CUDA when present.
+- Power et al. warm the learning rate up linearly over 10 steps: ``budget.warmup_steps: 10`` (above). The
+  transformer asks Ray for half a GPU where the cluster has one (two runs share it), the quadratic net for a
+  CPU core only; ``train.run`` picks CUDA when present. The GPU run quoted above had no warm-up (it
+  predates ``warmup_steps``).
 """
 
 from __future__ import annotations
@@ -265,6 +265,11 @@ class GrokkingData(TaskData):
         return {"grok/reached": float(not math.isnan(self.first_99["test"]))}
 
 
+def resources(options: GrokkingOptions) -> Resources:
+    """Tian's quadratic net trains on a CPU core; the transformer asks for half a GPU where there is one."""
+    return Resources(cpus=1, gpus=0.5 if options.model == "transformer" else 0.0)
+
+
 def load_data(options: GrokkingOptions, device: torch.device) -> GrokkingData:
     return GrokkingData(options, device)
 
@@ -293,7 +298,7 @@ GROKKING_MODADD = TaskInfo(
     ),
     target=Target("test/accuracy", ACCURACY_MARK, "max"),
     eval_every=50,
-    resources=Resources(cpus=1, gpus=0),
+    resources=resources,
     reference="https://arxiv.org/abs/2509.21519",
     theory_plots=(
         OptionSweepPlot("test accuracy against the training fraction", "train_fraction", "test/accuracy"),

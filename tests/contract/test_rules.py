@@ -142,3 +142,11 @@ def test_data_parallel_rules_step_a_torch_optimizer(name: str) -> None:
     _, learner, _ = _build(_supported_spec(RULES.get(name)))
     assert isinstance(learner, OptimizerRule)
     assert isinstance(learner.optimizer, torch.optim.Optimizer)
+
+
+@pytest.mark.parametrize("name", [n for n in RULE_NAMES if RULES.get(n).warms_up])
+def test_rules_that_warm_up_have_an_optimizer_lr(name: str) -> None:
+    # budget.warmup_steps scales each parameter group's lr; the planner keeps only these rules.
+    _, learner, _ = _build(_supported_spec(RULES.get(name)))
+    assert isinstance(learner, OptimizerRule)
+    assert all(isinstance(group.get("lr"), float) for group in learner.optimizer.param_groups)

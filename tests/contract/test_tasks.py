@@ -53,5 +53,5 @@ def test_declares_what_the_planner_and_leaderboard_need(name: str) -> None:
     assert info.reference
     assert info.eval_every > 0
     assert info.target.mode in ("max", "min")
-    assert info.resources.cpus > 0
+    assert info.resources_for(info.test_options).cpus > 0
     assert info.defaults() == info.options().model_dump(mode="json")

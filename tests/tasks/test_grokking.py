@@ -52,7 +52,9 @@ def _train(fraction: float, steps: int, eval_every: int) -> dict[str, float]:
     return result.final
 
 
-def _transformer_spec(steps: int, eval_every: int, **options: object) -> RunSpec:
+def _transformer_spec(
+    steps: int, eval_every: int, warmup_steps: int | None = None, **options: object
+) -> RunSpec:
     # Not make_spec: its base is the quadratic test options, whose `hidden` the transformer refuses.
     task_options = GrokkingOptions.model_validate({**TINY_TRANSFORMER, **options}).model_dump(mode="json")
     return RunSpec(
@@ -62,7 +64,7 @@ def _transformer_spec(steps: int, eval_every: int, **options: object) -> RunSpec
         rule="adamw",
         hparams=RULES.get("adamw").hparams.model_validate(TINY_ADAMW).model_dump(mode="json"),
         seed=0,
-        budget=Budget(steps=steps, eval_every=eval_every),
+        budget=Budget(steps=steps, eval_every=eval_every, warmup_steps=warmup_steps),
     )
 
 
@@ -188,8 +190,17 @@ def test_transformer_trains_on_power_minibatches() -> None:
     assert GrokkingOptions(model="transformer", M=97, train_fraction=0.5).train_batch_size == 512
 
 
+def test_transformer_asks_for_a_gpu_the_quadratic_net_does_not() -> None:
+    info = TASKS.get("grokking_modadd")
+    assert info.resources_for(_transformer_spec(steps=1, eval_every=1).task_options).gpus > 0
+    assert info.resources_for(info.test_options).gpus == 0
+
+
 def test_transformer_memorises_its_training_pairs() -> None:
-    result = train.run(_transformer_spec(steps=100, eval_every=50), device=torch.device("cpu"))
+    # With Power et al.'s 10-step linear warm-up of the learning rate.
+    result = train.run(
+        _transformer_spec(steps=100, eval_every=50, warmup_steps=10), device=torch.device("cpu")
+    )
     assert result.status == "ok"
     final = result.final
     assert result.curve[0].metrics["train/accuracy"] < 0.5
