@@ -94,7 +94,7 @@ class TaskInfo:
         return self.options().model_dump(mode="json")
 
     def resources_for(self, options: Mapping[str, Any]) -> Resources:
-        """What one run with these (validated) options needs."""
+        """What one run with these options (a RunSpec's ``task_options``) needs."""
         if isinstance(self.resources, Resources):
             return self.resources
         return self.resources(self.options.model_validate(options))
