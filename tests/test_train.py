@@ -65,9 +65,9 @@ def test_warmup_first_step_runs_at_lr_over_its_length() -> None:
         return make_spec(rule="sgd", hparams={"lr": lr, "momentum": 0.0}, steps=6, eval_every=1)
 
     # Step t runs at lr · t/4 for t ≤ 4: its first step is a run at lr/4's first step, bit for bit.
-    warmed = train.run(_warmed(sgd(0.2), 4)).curve
-    assert warmed[1].metrics == train.run(sgd(0.05)).curve[1].metrics
-    assert warmed[2].metrics != train.run(sgd(0.05)).curve[2].metrics
+    warmed, quarter = train.run(_warmed(sgd(0.2), 4)).curve, train.run(sgd(0.05)).curve
+    assert warmed[1].metrics == quarter[1].metrics
+    assert warmed[2].metrics != quarter[2].metrics
     # A warm-up of one step is the full rate from the start.
     one, none = train.run(_warmed(sgd(0.2), 1)).curve, train.run(sgd(0.2)).curve
     assert [p.metrics for p in one] == [p.metrics for p in none]
