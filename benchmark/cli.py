@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from benchmark.errors import ExitCode, SpecError
 
@@ -271,7 +271,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def render_run(row: dict[str, object], path: Path) -> str:
+def render_run(row: dict[str, Any], path: Path) -> str:
     """A stored run as text: identity, outcome, final metrics, provenance and where its files are."""
     final = row["final"] or []
     pairs = final.items() if isinstance(final, dict) else final

@@ -196,7 +196,7 @@ def attach_implicit(
         return solution.state[0]
 
     if v_hat.requires_grad:
-        v_hat.register_hook(hook)
+        v_hat.register_hook(hook)  # type: ignore[no-untyped-call]
     return v_hat, stats
 
 
@@ -292,7 +292,7 @@ class LayeredEquilibriumModel(EquilibriumModel):
         return F.pad(first, (0, self.state_size - first.shape[1]))
 
     def _apply_link(self, link: nn.Module, h: Tensor, dst: int) -> Tensor:
-        out = link(h.flatten(1)) if isinstance(link, nn.Linear) else link(h)
+        out: Tensor = link(h.flatten(1)) if isinstance(link, nn.Linear) else link(h)
         return out.reshape(len(h), *self.blocks[dst])
 
     def implicit(self, x_enc: Tensor, v: Tensor) -> Tensor:
@@ -316,7 +316,8 @@ class LayeredEquilibriumModel(EquilibriumModel):
         return self._decode_from(activate(v, self.activation))
 
     def _decode_from(self, h: Tensor) -> Tensor:
-        return self.decoder(self.split(h)[self.readout_block].flatten(1))
+        out: Tensor = self.decoder(self.split(h)[self.readout_block].flatten(1))
+        return out
 
     def link_weights(self) -> list[Tensor]:
         """The weight of each link, in ``routes`` order (the shapes feedback weights copy)."""

@@ -196,4 +196,5 @@ def save_weight_histogram(
 
 def _log10_magnitudes(values: np.ndarray) -> np.ndarray:
     values = np.abs(values[np.isfinite(values)])
-    return np.log10(values[values > 0])
+    logs: np.ndarray = np.log10(values[values > 0])
+    return logs

@@ -108,36 +108,39 @@ def expand(suite: Suite, path: str | Path, code_version: str = "") -> Plan:
 
     rules: list[tuple[Any, RuleEntry, int, TunedConfig | None]] = []
     entry_keys: dict[str, set[str]] = {}
-    for j, entry in enumerate(suite.rules):
+    for j, rule_entry in enumerate(suite.rules):
         try:
-            info = RULES.get(entry.name)
+            rule_info = RULES.get(rule_entry.name)
         except UnknownNameError as exc:
-            errors.append(SpecError(path, f"rules[{j}].name", _registered_hint(exc), entry.name))
+            errors.append(SpecError(path, f"rules[{j}].name", _registered_hint(exc), rule_entry.name))
             continue
         tuned = None
-        if entry.tuned is not None:
+        if rule_entry.tuned is not None:
             try:
-                tuned = load_tuned(tuned_path(path, entry.tuned))
+                tuned = load_tuned(tuned_path(path, rule_entry.tuned))
             except SpecError as exc:
                 errors.extend(exc.errors if isinstance(exc, SpecErrors) else [exc])
                 continue
-            if tuned.rule != info.name:
+            if tuned.rule != rule_info.name:
                 errors.append(
                     SpecError(
-                        tuned_path(path, entry.tuned), "rule", f"tuned values of {info.name!r}", tuned.rule
+                        tuned_path(path, rule_entry.tuned),
+                        "rule",
+                        f"tuned values of {rule_info.name!r}",
+                        tuned.rule,
                     )
                 )
                 continue
-        for k, selector in enumerate(entry.tasks or ()):
+        for k, selector in enumerate(rule_entry.tasks or ()):
             if not any(selects(selector, task.name, options) for task, options, _ in tasks):
                 names = ", ".join(sorted({t.name for t in suite.tasks}))
                 expected = f"a task of this suite ({names}), optionally with options, e.g. task[depth=6]"
                 errors.append(SpecError(path, f"rules[{j}].tasks[{k}]", expected, selector))
-        rules.append((info, entry, j, tuned))
-        shown = set(entry.hparams) | set(entry.sweep)
+        rules.append((rule_info, rule_entry, j, tuned))
+        shown = set(rule_entry.hparams) | set(rule_entry.sweep)
         if tuned is not None:
             shown |= {k for t in tuned.tasks.values() for k in t.hparams}
-        entry_keys.setdefault(info.name, set()).update(shown)
+        entry_keys.setdefault(rule_info.name, set()).update(shown)
 
     cells: list[tuple[Any, Any, Budget, Any, list[Any]]] = []
     checked: dict[tuple[int, str], list[Any]] = {}

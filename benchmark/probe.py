@@ -52,6 +52,7 @@ from __future__ import annotations
 import functools
 import math
 import statistics
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Literal
@@ -205,7 +206,9 @@ def gauss_lobatto_on_unit(n: int) -> tuple[list[float], list[float]]:
 # The probe: wraps one training step with O(D) memory.
 
 
-def _dot_table(grads: list[Tensor], means: list[Tensor], steps: list[Tensor]) -> list[list[float]]:
+def _dot_table(
+    grads: Sequence[Tensor], means: Sequence[Tensor], steps: Sequence[Tensor]
+) -> list[list[float]]:
     """Per tensor ``[g·g, u·u, u·g, ḡ·ḡ, u·ḡ, diagonal violations]`` with ``u = −step``, in one host sync.
 
     The dots are taken in each tensor's own dtype (torch sums blockwise) and stacked on the device,
@@ -226,7 +229,7 @@ RESOLUTION = 100.0
 """A probed step is read only if ``‖Δθ‖ ≥ RESOLUTION·ε·‖θ‖`` (ε: the parameters' machine epsilon)."""
 
 
-def _resolved(steps: list[Tensor], theta0: list[Tensor]) -> bool:
+def _resolved(steps: list[Tensor] | tuple[Tensor, ...], theta0: list[Tensor]) -> bool:
     """Whether the step taken is large enough against the parameters' rounding to be read.
 
     The step actually taken is ``fl(θ₀ + Δθ) − θ₀``; rounding moves each coordinate by up to
@@ -239,7 +242,7 @@ def _resolved(steps: list[Tensor], theta0: list[Tensor]) -> bool:
     eps = max(torch.finfo(t.dtype).eps for t in theta0)
     step_norm = torch.stack(torch._foreach_norm(steps)).double().norm()
     theta_norm = torch.stack(torch._foreach_norm(theta0)).double().norm()
-    norms = torch.stack([step_norm, theta_norm]).tolist()  # one host sync
+    norms: list[float] = torch.stack([step_norm, theta_norm]).tolist()  # one host sync
     return norms[0] >= RESOLUTION * eps * norms[1]
 
 
@@ -296,10 +299,10 @@ class ImpliedMetricProbe:
         if self.quadrature not in ("lobatto", "legendre"):
             raise ValueError(f"Invalid quadrature: {self.quadrature}")
 
-    def _params(self) -> list[nn.Parameter]:
+    def _params(self) -> list[Tensor]:  # not list[Parameter]: torch._foreach_* wants list[Tensor]
         return [p for p in self.model.parameters() if p.requires_grad]
 
-    def _loss_and_grad(self, batch: Batch, params: list[nn.Parameter]) -> tuple[Tensor, list[Tensor]]:
+    def _loss_and_grad(self, batch: Batch, params: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         inputs, targets = batch
         loss = self.loss_fn(self.model(inputs), targets)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
@@ -307,7 +310,7 @@ class ImpliedMetricProbe:
             torch.zeros_like(p) if gr is None else gr.detach() for p, gr in zip(params, grads, strict=True)
         ]
 
-    def _fork(self, params: list[nn.Parameter]) -> AbstractContextManager[object]:
+    def _fork(self, params: list[Tensor]) -> AbstractContextManager[object]:
         # Forward passes with dropout draw random numbers; the run's own stream must not move.
         devices = [p.device for p in params if p.device.type == "cuda"][:1]
         return torch.random.fork_rng(devices=devices)
@@ -348,7 +351,7 @@ class ImpliedMetricProbe:
                 self._theta0, self._grad0 = [], []
                 return {"metric/unresolved": 1.0}
             saved_buffers = [b.detach().clone() for b in buffers]
-        mean_grad: list[Tensor] = []
+        mean_grad: list[Tensor] | tuple[Tensor, ...] = []
 
         def accumulate(grads: list[Tensor], weight: float, fresh: bool) -> None:
             nonlocal mean_grad

@@ -215,4 +215,5 @@ def find_runs(results: Path, prefix: str) -> list[Path]:
 
 def read_run(path: Path) -> dict[str, Any]:
     """One run's row, as a dict (final metrics and curve as plain Python values)."""
-    return pq.read_table(path, schema=RUN_SCHEMA).to_pylist()[0]
+    row: dict[str, Any] = pq.read_table(path, schema=RUN_SCHEMA).to_pylist()[0]
+    return row

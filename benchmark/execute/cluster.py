@@ -44,4 +44,4 @@ def connect(
                 _temp_dir=LOCAL_TEMP_DIR,
                 configure_logging=False,
             )
-    return dict(ray.cluster_resources())
+    return dict(ray.cluster_resources())  # type: ignore[no-untyped-call]

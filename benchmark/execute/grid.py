@@ -343,7 +343,9 @@ def _fit(
     callback = _GridCallback(ledger)
     scratch = Path(tempfile.mkdtemp(prefix="sb_tune_"))
     try:
-        trainable = tune.with_resources(_trainable, lambda config: resources(spec_from_config(config)))
+        trainable = tune.with_resources(
+            _trainable, lambda config: _bundle(resources(spec_from_config(config)))
+        )
         tune_config = (
             tune.TuneConfig(reuse_actors=True)
             if search_alg is None
@@ -364,6 +366,11 @@ def _fit(
         return tuner.fit()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _bundle(need: dict[str, float]) -> tune.PlacementGroupFactory:
+    """A trial's resources as the one-bundle placement group Tune makes of a resource dict."""
+    return tune.PlacementGroupFactory([{"CPU": need["cpu"], "GPU": need["gpu"]}])
 
 
 def _backfill_tracking(

@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on cluster nodes or CI
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.figure import Figure
 
 
 def plot_file(task_display: str) -> str:
@@ -50,7 +51,7 @@ def plot_task_curves(task: str, metric: str, frame: pd.DataFrame, path: Path) ->
     return save_figure(fig, path)
 
 
-def save_figure(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     """Write ``fig`` to ``path`` as PNG through a hidden temporary, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.stem}.{uuid.uuid4().hex}.png"

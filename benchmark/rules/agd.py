@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, overload
 
 import torch
 from pydantic import BaseModel, Field
@@ -81,9 +81,12 @@ def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
 def _slice_norms(grad: Tensor) -> Tensor:
     """Frobenius norm of the whole matrix (0-d), or of each spatial slice ``grad[:, :, i, j]`` (kh, kw)."""
     dtype = _accumulate_dtype(grad.dtype)
-    if grad.dim() == 2:
-        return torch.linalg.vector_norm(grad, dtype=dtype)
-    return torch.linalg.vector_norm(grad, dim=(0, 1), dtype=dtype)
+    norms: Tensor = (
+        torch.linalg.vector_norm(grad, dtype=dtype)
+        if grad.dim() == 2
+        else torch.linalg.vector_norm(grad, dim=(0, 1), dtype=dtype)
+    )
+    return norms
 
 
 @torch.no_grad()
@@ -209,8 +212,14 @@ class AGD(Optimizer):
         """``L``: the number of weight tensors, with or without a gradient this step."""
         return sum(len(group["params"]) for group in self.param_groups)
 
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
+
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Perform one AGD step.
 
         Args:
@@ -219,7 +228,7 @@ class AGD(Optimizer):
         Returns:
             The closure's loss, or None.
         """
-        loss = None
+        loss: float | None = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()

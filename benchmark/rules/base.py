@@ -64,7 +64,7 @@ class OptimizerRule:
         inputs, targets = batch
         self.optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model(inputs), targets)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         self.optimizer.step()
         metrics = {"train/loss": float(loss.detach())}
         diagnostics = getattr(self.optimizer, "diagnostics", None)

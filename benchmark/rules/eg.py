@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, overload
 
 import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution
@@ -55,7 +55,10 @@ DEFAULT_FLOOR = 1e-18
 """Smallest magnitude a sign-preserving rule leaves a nonzero weight at (the reference's threshold)."""
 
 PAPER = "https://www.biorxiv.org/content/10.1101/2024.10.25.620272v1"
-Closure = Callable[[], Tensor] | None
+Closure = Callable[[], float]
+"""A step's closure, typed as ``torch.optim.Optimizer.step`` types it."""
+TensorList = list[Tensor] | tuple[Tensor, ...]
+"""What torch's ``_foreach_*`` ops take; the out-of-place ones return tuples."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,7 +166,7 @@ def _multiply_keeping_sign_(param: Tensor, exponent: Tensor, sign: Tensor, floor
 
 
 def _foreach_multiply_keeping_sign_(
-    params: list[Tensor], exponents: list[Tensor], signs: list[Tensor], floor: float
+    params: TensorList, exponents: TensorList, signs: TensorList, floor: float
 ) -> None:
     """:func:`_multiply_keeping_sign_` over lists of tensors."""
     torch._foreach_exp_(exponents)
@@ -234,14 +237,20 @@ class EGSGD(_SignDiagnostics, torch.optim.Optimizer):
             if group["momentum"] != 0:
                 bufs.append(self.state[p].get("momentum_buffer"))
 
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Closure) -> float: ...
+
     @torch.no_grad()
-    def step(self, closure: Closure = None) -> Tensor | None:
+    def step(self, closure: Closure | None = None) -> float | None:
         """Perform a single optimization step.
 
         Args:
             closure: a closure that re-evaluates the model and returns the loss (optional).
         """
-        loss = None
+        loss: float | None = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
@@ -426,7 +435,7 @@ def _foreach_eg_sgd(
 ) -> None:
     for indices in _group_by_device_and_dtype(params).values():
         device_params = [params[i] for i in indices]
-        device_grads = [grads[i] for i in indices]
+        device_grads: TensorList = [grads[i] for i in indices]
         if maximize:
             device_grads = torch._foreach_neg(device_grads)
         signs = torch._foreach_sign(device_params)
@@ -480,7 +489,7 @@ def _fused_eg_sgd(
         )
         return
     for indices in _group_by_device_and_dtype(params).values():
-        device_grads = [grads[i] for i in indices]
+        device_grads: TensorList = [grads[i] for i in indices]
         if maximize:
             device_grads = torch._foreach_neg(device_grads)
         bufs = [b for b in (momentum_buffer_list[i] for i in indices) if b is not None]
@@ -562,14 +571,20 @@ class EGAdamW(_SignDiagnostics, torch.optim.Optimizer):
             exp_avg_sqs.append(state["exp_avg_sq"])
             steps.append(state["step"])
 
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Closure) -> float: ...
+
     @torch.no_grad()
-    def step(self, closure: Closure = None) -> Tensor | None:
+    def step(self, closure: Closure | None = None) -> float | None:
         """Perform a single optimization step.
 
         Args:
             closure: a closure that re-evaluates the model and returns the loss (optional).
         """
-        loss = None
+        loss: float | None = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
@@ -754,7 +769,7 @@ def _foreach_eg_adamw(
     offset = math.log1p(-lr * weight_decay)
     for indices in _group_by_device_and_dtype(params).values():
         device_params = [params[i] for i in indices]
-        device_grads = [grads[i] for i in indices]
+        device_grads: TensorList = [grads[i] for i in indices]
         device_exp_avgs = [exp_avgs[i] for i in indices]
         device_exp_avg_sqs = [exp_avg_sqs[i] for i in indices]
         device_steps = [state_steps[i] for i in indices]
@@ -796,7 +811,7 @@ def _fused_eg_adamw(
     offset = math.log1p(-lr * weight_decay)
     scalars = functools.partial(_adam_scalars, lr=lr, beta1=beta1, beta2=beta2, eps=eps)
     for indices in _group_by_device_and_dtype(params).values():
-        device_grads = [grads[i] for i in indices]
+        device_grads: TensorList = [grads[i] for i in indices]
         if maximize:
             device_grads = torch._foreach_neg(device_grads)
         fused_eg_adamw_(
@@ -881,12 +896,18 @@ class SGDSigned(_SignDiagnostics, torch.optim.SGD):
             group.setdefault("floor", floor)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
+        super().__setstate__(state)  # type: ignore[no-untyped-call]
         for group in self.param_groups:
             group.setdefault("floor", DEFAULT_FLOOR)
 
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Closure) -> float: ...
+
     @torch.no_grad()
-    def step(self, closure: Closure = None) -> Tensor | None:
+    def step(self, closure: Closure | None = None) -> float | None:
         """Perform a single optimization step, then undo every sign change.
 
         Args:
@@ -895,7 +916,7 @@ class SGDSigned(_SignDiagnostics, torch.optim.SGD):
         if self._signs is None:
             self._remember_signs()
         signs = [[p.sign() for p in group["params"]] for group in self.param_groups]
-        loss = super().step(closure)
+        loss: float | None = super().step(closure)
         for group, group_signs in zip(self.param_groups, signs, strict=True):
             sign_constrain_(group["params"], group_signs, group["floor"])
         return loss

@@ -21,7 +21,7 @@ addresses when the state is created (:func:`mark_static`), so the graph updates 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -62,7 +62,7 @@ def _keep_sign(param: Tensor, exponent: Tensor, floor: float) -> Tensor:
 
 def _eg_adamw_kernel(
     params: list[Tensor],
-    grads: list[Tensor],
+    grads: Sequence[Tensor],  # a tuple when the caller negated them (maximize)
     exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor],
     coefficients: Tensor,
@@ -81,7 +81,7 @@ def _eg_adamw_kernel(
 
 def fused_eg_adamw_(
     params: list[Tensor],
-    grads: list[Tensor],
+    grads: Sequence[Tensor],  # a tuple when the caller negated them (maximize)
     exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor],
     state_steps: list[Tensor],
@@ -102,7 +102,7 @@ def fused_eg_adamw_(
 
 def _eg_sgd_kernel(
     params: list[Tensor],
-    grads: list[Tensor],
+    grads: Sequence[Tensor],  # a tuple when the caller negated them (maximize)
     bufs: list[Tensor],
     coefficients: Tensor,
     momentum: float,
@@ -125,7 +125,7 @@ def _eg_sgd_kernel(
 
 def fused_eg_sgd_(
     params: list[Tensor],
-    grads: list[Tensor],
+    grads: Sequence[Tensor],  # a tuple when the caller negated them (maximize)
     bufs: list[Tensor],
     *,
     lr: float,

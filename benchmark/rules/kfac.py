@@ -13,9 +13,9 @@ new dependency.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, overload
 
 import torch
 from optuna.distributions import FloatDistribution
@@ -80,10 +80,12 @@ def output_hessian_factor(out: Tensor, targets: Tensor, loss_fn: LossFn) -> Tens
         if float(full.abs().sum() - blocks.abs().sum()) <= 1e-12 * float(full.abs().sum()):
             evals, evecs = torch.linalg.eigh(blocks)
             factor = evecs * evals.clamp_min(0).sqrt()[:, None, :]  # Λ_n = factor_n factor_nᵀ
-            return factor.permute(2, 0, 1).reshape(per, *shape)
+            blocked: Tensor = factor.permute(2, 0, 1).reshape(per, *shape)
+            return blocked
     evals, evecs = torch.linalg.eigh(full)
     keep = evals > evals.abs().max().clamp_min(1e-30) * 1e-12
-    return (evecs[:, keep] * evals[keep].sqrt()).T.reshape(-1, *shape)
+    rows: Tensor = (evecs[:, keep] * evals[keep].sqrt()).T.reshape(-1, *shape)
+    return rows
 
 
 def damped_inverse(matrix: Tensor, delta: float) -> Tensor:
@@ -97,8 +99,10 @@ def damped_inverse(matrix: Tensor, delta: float) -> Tensor:
         return torch.full_like(damped, math.nan)  # a diverged run: let the loss say so, do not raise
     chol, info = torch.linalg.cholesky_ex(damped)
     if int(info) == 0:
-        return torch.cholesky_inverse(chol)
-    return torch.linalg.pinv(damped, hermitian=True)
+        inverse: Tensor = torch.cholesky_inverse(chol)
+        return inverse
+    pseudo: Tensor = torch.linalg.pinv(damped, hermitian=True)
+    return pseudo
 
 
 class KFAC(torch.optim.Optimizer):
@@ -263,15 +267,18 @@ class KFAC(torch.optim.Optimizer):
                 torch.autograd.grad(out, zs, column, retain_graph=True, allow_unused=True)
                 for column in factor
             ]
-        return [
-            None if parts[0] is None else torch.stack(parts)  # type: ignore[misc]
-            for parts in zip(*columns, strict=True)
-        ]
+        return [None if parts[0] is None else torch.stack(parts) for parts in zip(*columns, strict=True)]
+
+    @overload
+    def step(self, closure: None = None) -> None: ...
+
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
 
     @torch.no_grad()
-    def step(self, closure: Any = None) -> Tensor | None:  # type: ignore[override]
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Precondition each layer's gradient with its damped Kronecker factors and take the step."""
-        loss = None
+        loss: float | None = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
@@ -319,7 +326,7 @@ class KFACRule:
             out = model(inputs)
         loss = loss_fn(out, targets)
         self.optimizer.update_curvature(out, targets, loss_fn)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         self.optimizer.step()
         return {"train/loss": float(loss.detach()), **self.optimizer.diagnostics()}
 

@@ -326,7 +326,7 @@ def _apply_control_update(
         v_hat = model.implicit(x_enc, v_star.detach()) + e_star
         y_prime = model.decode(v_hat.detach()) + u_star
         surrogate = -(e_star * v_hat).sum() - (u_star * y_prime).sum()
-        surrogate.backward()
+        surrogate.backward()  # type: ignore[no-untyped-call]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -359,7 +359,7 @@ class BP(_MetaTrainer):
         if depth is None:
             raise TypeError("bp needs a feedforward equilibrium model (feedforward_depth set)")
         loss = loss_fn(model.decode(model.unroll(model.encode(x), depth)), y)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         return float(loss.detach()), _costs(depth, 3 * depth, True)
 
 
@@ -393,7 +393,7 @@ class RBP(_MetaTrainer):
             model, x_enc, free.state[0], self.hparams.threshold, self.hparams.max_iter
         )
         loss = loss_fn(model.decode(v_hat), y)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         iters = free.iterations + adjoint.iterations
         # forward: one f per iteration + the re-attached f and its backward (1 + 2); adjoint: one VJP each.
         passes = free.iterations + 3 + 2 * adjoint.iterations
@@ -586,7 +586,7 @@ class LCPKollenPollack(_ControlledTrainer):
         with torch.enable_grad():
             back = layered.feedback(e_star, u_star, self.feedback_weights, self.readout_feedback)
             target = activate(v_star, layered.activation).detach()
-            (-(target * back).sum()).backward()
+            (-(target * back).sum()).backward()  # type: ignore[no-untyped-call]
 
 
 class LCPEnergyBased(_MetaTrainer):
@@ -651,7 +651,7 @@ class LCPEnergyBased(_MetaTrainer):
                         + 0.5 * (y_hat - model.decode(v)).pow(2).sum()
                         + loss_fn(y_hat, y) / hp.alpha
                     )
-                    energy.backward()
+                    energy.backward()  # type: ignore[no-untyped-call]
                 inner.step()
         finally:
             for p in params:
@@ -729,7 +729,7 @@ LCP_KP_RULE = RuleInfo(
     name="lcp_kp",
     description="Least-control principle, dynamic inversion with Kolen-Pollack feedback weights.",
     hparams=KPHParams,
-    build=_builder(LCPKollenPollack),  # type: ignore[arg-type]
+    build=_builder(LCPKollenPollack),
     search_space=_control_space(),
     reference=LCP_PAPER,
     unsupported=_needs_layered,

@@ -125,7 +125,7 @@ class LCPLinearFeedback(_MetaTrainer):
             v_hat = layered.implicit(layered.encode(x), v_star) + e_star
             y_prime = layered.decode(v_hat.detach()) + u_star
             signal = (e_star * activate_prime(v_hat.detach(), layered.activation)).detach()
-            (-(signal * v_hat).sum() - (u_star * y_prime).sum()).backward()
+            (-(signal * v_hat).sum() - (u_star * y_prime).sum()).backward()  # type: ignore[no-untyped-call]
 
         noise_iters = self._learn_q(x_enc, y, loss_fn, solution.state, u_star)
         iters = solution.iterations + noise_iters

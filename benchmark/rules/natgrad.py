@@ -40,7 +40,8 @@ def ggn_factor(model: nn.Module, batch: Batch, loss_fn: LossFn) -> tuple[Tensor,
     params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
     def outputs(theta: dict[str, Tensor]) -> Tensor:
-        return functional_call(model, theta, (inputs,))
+        out: Tensor = functional_call(model, theta, (inputs,))
+        return out
 
     out = outputs(params).detach()
     shape = out.shape
@@ -77,7 +78,8 @@ def _factor_rows(out_hess: Tensor, jacobian: Tensor, batch: int) -> Tensor:
             return rows[(evals > scale * 1e-12).reshape(-1)]  # Λ's null space adds nothing to F
     evals, evecs = torch.linalg.eigh(sym)
     keep = evals > scale * 1e-12
-    return (evecs[:, keep] * evals[keep].sqrt()).T @ jacobian
+    factored: Tensor = (evecs[:, keep] * evals[keep].sqrt()).T @ jacobian
+    return factored
 
 
 def solve_damped(a: Tensor, g: Tensor, damping: float) -> Tensor:
@@ -109,7 +111,8 @@ def _solve_damped(a: Tensor, g: Tensor, damping: float) -> Tensor:
     evals, evecs = torch.linalg.eigh(fisher)
     keep = evals > evals.abs().max().clamp_min(1e-30) * len(evals) * torch.finfo(evals.dtype).eps
     coeffs = (evecs[:, keep].T @ g) / evals[keep]
-    return evecs[:, keep] @ coeffs
+    solution: Tensor = evecs[:, keep] @ coeffs
+    return solution
 
 
 class NatGradExact:

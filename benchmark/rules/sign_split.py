@@ -86,7 +86,7 @@ class SplitBias(nn.Module):
         self.bias_neg = nn.Parameter(neg.to(device))
 
     def forward(self, *inputs: Tensor) -> Tensor:
-        out = self.base_layer(*inputs)
+        out: Tensor = self.base_layer(*inputs)
         bias = self.bias_pos + self.bias_neg
         if self.channel_dim == 1 and out.dim() > 2:
             bias = bias.view(-1, *([1] * (out.dim() - 2)))

@@ -126,17 +126,20 @@ class DEQResNetModel(EquilibriumModel):
         self.readout = nn.Linear(channels * (size // 8) ** 2, NUM_CLASSES)
 
     def encode(self, x: Tensor) -> Tensor:
-        return self.encoder(x).flatten(1)
+        x_enc: Tensor = self.encoder(x).flatten(1)
+        return x_enc
 
     def implicit(self, x_enc: Tensor, v: Tensor) -> Tensor:
         z = v.view(len(v), *self.shape)
         x = x_enc.view(len(x_enc), *self.shape)
         y = self.norm1(F.relu(self.conv1(z)))
-        return self.norm3(F.relu(z + self.norm2(x + self.conv2(y)))).flatten(1)
+        f: Tensor = self.norm3(F.relu(z + self.norm2(x + self.conv2(y)))).flatten(1)
+        return f
 
     def decode(self, v: Tensor) -> Tensor:
         z = self.readout_norm(v.view(len(v), *self.shape))
-        return self.readout(F.avg_pool2d(z, 8).flatten(1))
+        logits: Tensor = self.readout(F.avg_pool2d(z, 8).flatten(1))
+        return logits
 
 
 def conv_rnn_model(divisor: int = 1) -> DEQResNetModel:

@@ -177,7 +177,8 @@ class QuadraticNet(nn.Module):
         self.V = nn.Linear(hidden, outputs, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.V(self.W(x).pow(2))
+        out: Tensor = self.V(self.W(x).pow(2))
+        return out
 
 
 def build_model(options: GrokkingOptions, generator: torch.Generator) -> nn.Module:

@@ -30,6 +30,8 @@ def equation_tokens(a: Tensor, b: Tensor, modulus: int) -> Tensor:
 class ModularTransformer(nn.Module):
     """A decoder-only transformer read out at its last position: tokens ``(n, L)`` → logits ``(n, p)``."""
 
+    causal_mask: Tensor  # a buffer, registered in __init__
+
     def __init__(self, modulus: int, width: int, heads: int, layers: int) -> None:
         super().__init__()
         self.token = nn.Embedding(modulus + 2, width)
@@ -55,11 +57,12 @@ class ModularTransformer(nn.Module):
         """The last block's output at every position, ``(n, L, width)``."""
         length = tokens.shape[1]
         positions = torch.arange(length, device=tokens.device)
-        x = self.token(tokens) + self.position(positions)
+        x: Tensor = self.token(tokens) + self.position(positions)
         mask = self.causal_mask[:length, :length]
         for block in self.blocks:
             x = block(x, src_mask=mask, is_causal=True)
         return x
 
     def forward(self, tokens: Tensor) -> Tensor:
-        return self.readout(self.hidden_states(tokens)[:, -1])
+        logits: Tensor = self.readout(self.hidden_states(tokens)[:, -1])
+        return logits

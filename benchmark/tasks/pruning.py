@@ -91,7 +91,7 @@ def magnitude_masks(weights: list[Tensor], fraction: float) -> list[Tensor]:
     removed = round(fraction * len(magnitudes))
     if removed:
         keep[torch.argsort(magnitudes, stable=True)[:removed]] = False
-    parts = keep.split([w.numel() for w in weights])
+    parts = keep.split([w.numel() for w in weights])  # type: ignore[no-untyped-call]
     return [part.view_as(w) for part, w in zip(parts, weights, strict=True)]
 
 

@@ -68,7 +68,8 @@ def summed_squared_error(output: Tensor, target: Tensor) -> Tensor:
 def random_orthogonal(n: int, generator: torch.Generator, dtype: torch.dtype = torch.float64) -> Tensor:
     """A Haar-random ``n × n`` orthogonal matrix (QR of a Gaussian, signs fixed by R's diagonal)."""
     q, r = torch.linalg.qr(torch.randn(n, n, generator=generator, dtype=torch.float64))
-    return (q * torch.sign(torch.diagonal(r))).to(dtype)
+    rotation: Tensor = (q * torch.sign(torch.diagonal(r))).to(dtype)
+    return rotation
 
 
 class SaxeModesOptions(TaskOptions):

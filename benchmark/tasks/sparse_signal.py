@@ -79,6 +79,8 @@ class SparseSignalOptions(TaskOptions):
 class ThresholdNeuron(nn.Module):
     """A point neuron: ``logit = w·x − r`` with a fixed threshold ``r`` and no learned bias."""
 
+    threshold: Tensor  # a buffer, registered in __init__
+
     def __init__(self, d: int, threshold: float, jitter: Tensor | None = None) -> None:
         super().__init__()
         self.synapses = nn.Linear(d, 1, bias=False)
@@ -90,7 +92,8 @@ class ThresholdNeuron(nn.Module):
         self.register_buffer("threshold", torch.tensor(float(threshold)))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.synapses(x).squeeze(-1) - self.threshold
+        logits: Tensor = self.synapses(x).squeeze(-1) - self.threshold
+        return logits
 
 
 def draw_examples(

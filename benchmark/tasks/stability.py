@@ -54,6 +54,8 @@ class StabilityOptions(TaskOptions):
 class Quadratic(nn.Module):
     """``θ ↦ √h ⊙ θ`` for a batch of one (dummy) input: ½‖output‖² has Hessian ``diag(h)``."""
 
+    root_h: Tensor  # a buffer, registered in __init__
+
     def __init__(self, curvatures: Tensor, theta: Tensor) -> None:
         super().__init__()
         self.register_buffer("root_h", curvatures.sqrt())

@@ -100,7 +100,8 @@ def mp_test_error(
     integrand = weight_var * decay**2 + noise_var / lam[None, :] * (1 - decay) ** 2
     bulk = (integrand * (density * weights)[None, :]).sum(axis=1)
     atom = (1 - alpha) * weight_var if alpha < 1 else 0.0
-    return bulk + atom + noise_var
+    risk: np.ndarray = bulk + atom + noise_var
+    return risk
 
 
 def mp_limit(alpha: float, weight_var: float, noise_var: float) -> float:

@@ -116,9 +116,9 @@ def read_dataset(dataset: str, root: str, download: bool, verify_checksums: bool
     if dataset == "MNIST":
         folder = Path(root) / "MNIST" / "raw"
     else:
-        folder = Path(root) / cls.base_folder  # type: ignore[attr-defined]
+        folder = Path(root) / cls.base_folder
         if not verify_checksums:
-            cls = _unverified(cls)  # type: ignore[arg-type]
+            cls = _unverified(cls)
     try:
         train = cls(root, train=True, download=download)
         test = cls(root, train=False, download=False)
@@ -129,14 +129,14 @@ def read_dataset(dataset: str, root: str, download: bool, verify_checksums: bool
         ) from None
 
     def images(ds: torchvision.datasets.VisionDataset) -> Tensor:
-        data = torch.as_tensor(ds.data)  # type: ignore[attr-defined]
+        data = torch.as_tensor(ds.data)
         # MNIST keeps (N, H, W); CIFAR keeps (N, H, W, C). Both become (N, C, H, W).
         return data.unsqueeze(1).contiguous() if data.dim() == 3 else data.permute(0, 3, 1, 2).contiguous()
 
     def labels(ds: torchvision.datasets.VisionDataset) -> Tensor:
-        return torch.as_tensor(ds.targets, dtype=torch.long)  # type: ignore[attr-defined]
+        return torch.as_tensor(ds.targets, dtype=torch.long)
 
-    return ImageArrays(images(train), labels(train), images(test), labels(test), len(train.classes))  # type: ignore[attr-defined]
+    return ImageArrays(images(train), labels(train), images(test), labels(test), len(train.classes))
 
 
 def synthetic_arrays(channels: int, size: int, num_classes: int) -> ImageArrays:
