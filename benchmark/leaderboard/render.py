@@ -155,7 +155,7 @@ def write_leaderboard(
             if not table.empty:
                 _write_parquet(table, folder / name)
     tmp = folder / f".leaderboard.{uuid.uuid4().hex}.tmp"
-    tmp.write_text(render_markdown(suite, board, n_runs, provenance, view) + "\n")
+    tmp.write_text(render_markdown(suite, board, n_runs, provenance, view).rstrip("\n") + "\n")
     os.replace(tmp, markdown)
     return parquet, markdown
 
