@@ -30,9 +30,9 @@ CODE_TAG = "synapsebench.code_version"
 STATUS_TAG = "synapsebench.status"
 
 METRICS_FLUSH_S = 5.0
-"""A run's metrics reach MLflow at most this often (and when it ends): each SQLite ``log_batch``
-costs ~20 ms of driver CPU, which a grid of short runs reporting every evaluation pays hundreds of
-times on the cores its workers need."""
+"""Least time, in seconds, between a run's metric batches to MLflow (the rest go when it ends): each SQLite
+``log_batch`` costs ~20 ms of driver CPU, which a grid of short runs reporting every evaluation
+would pay hundreds of times on the cores its workers need."""
 
 MAX_BATCH = 1000  # MLflow's limit on entities per log_batch
 
@@ -213,7 +213,12 @@ class Tracker:
         self._submit(fill)
 
     def log_metrics(self, run_id: str, step: int, metrics: Mapping[str, float]) -> None:
-        """Record one evaluation; it reaches MLflow within ``METRICS_FLUSH_S`` or when the run ends."""
+        """Record one evaluation.
+
+        A run's first evaluation is sent at once; later ones wait for the first evaluation that comes
+        ``METRICS_FLUSH_S`` or more after the run's last batch, and go in one batch with it. Whatever
+        is left is sent when the run ends.
+        """
         if not self.enabled:
             return
         now = time.monotonic()

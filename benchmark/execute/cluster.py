@@ -15,9 +15,9 @@ def _quiet_defaults() -> None:
     # Our trials use absolute paths; keep their working directory where it is.
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # verbose=0 then prints nothing
-    # Tune's result.json, progress.csv and TensorBoard loggers would write every report into a
-    # scratch folder that is deleted after the fit (the store and MLflow keep the results), at a
-    # cost of driver CPU that the workers need.
+    # Tune's TensorBoard and CSV loggers would write every report into a scratch folder that is
+    # deleted after the fit (the store and MLflow keep the results), at a cost of driver CPU that
+    # the workers need; the grid adds back the JSON logger, which Tune's end-of-fit analysis reads.
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 

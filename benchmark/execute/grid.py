@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 
 from benchmark import store, train
 from benchmark.result import RunResult
@@ -359,7 +360,7 @@ def _fit(
                 name=f"{name}-{uuid.uuid4().hex[:8]}",
                 storage_path=str(scratch),
                 failure_config=tune.FailureConfig(max_failures=max_failures),
-                callbacks=[callback],
+                callbacks=[callback, JsonLoggerCallback()],  # type: ignore[no-untyped-call]
                 verbose=0,
             ),
         )

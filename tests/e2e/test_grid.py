@@ -35,7 +35,7 @@ def _run_files(results: Path, suite: str) -> dict[str, float]:
 
 
 def test_tiny_grid_end_to_end_then_resume_adds_nothing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     suite = write_suite(tmp_path / "tiny.yaml", **tiny_suite(), artifacts=["weight_histogram"])
     results = tmp_path / "results"
@@ -46,6 +46,7 @@ def test_tiny_grid_end_to_end_then_resume_adds_nothing(
     err = capsys.readouterr().err
     assert "[8/8]" in err, "progress shows runs done of total"
     assert "left ~" in err, "progress shows the time left"
+    assert "Failed to fetch metrics" not in caplog.text, "Tune's end-of-fit analysis finds its results"
 
     runs = store.read_runs(results, "tiny").to_pylist()
     assert len(runs) == 8 == len({r["run_id"] for r in runs})
