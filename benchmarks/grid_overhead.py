@@ -63,6 +63,8 @@ def main() -> None:
         help="pairs to time, alternating which side goes first (median ratio)",
     )
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error(f"--repeat: expected a positive number of pairs, got {args.repeat}")
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     print(f"suite:                    {args.suite}")
     print(f"cores:                    {os.cpu_count()}")
