@@ -5,8 +5,13 @@ Both sides start from a fresh Python process, so both pay their imports; the CLI
 start-up, worker imports and MLflow tracking. Both read the suite's data sets from the same data cache,
 filled beforehand (``--cold`` starts each side with an empty one instead). Prints both wall times and
 their ratio (CLI ÷ sequential): below 1, the grid's parallelism outweighs its overhead. The aim on 2
-cores is 0.75 or less. On a shared VM one pair's ratio drifts by ±0.15 between runs: ``--repeat N`` times N
-pairs, alternating which side goes first, and prints the median.
+cores is 0.75 or less.
+
+A third side is this machine's ceiling: one plain process per core started together, process i training
+RunSpecs i, i + cores, ... with no scheduler, tracking or store. Ray's ratio can approach it, not beat
+it; the gap between the two is what Ray, MLflow and the store cost. On a shared VM one pair's ratio
+drifts by ±0.15 between runs: ``--repeat N`` times N rounds, rotating which side goes first, and prints
+the medians.
 
     .venv/bin/python benchmarks/grid_overhead.py [--suite suites/smoke.yaml] [--repeat 3] [--cold]
 """
@@ -27,8 +32,8 @@ import sys
 from benchmark import train
 from benchmark.plan import expand
 from benchmark.spec import load_suite
-path = sys.argv[1]
-for spec in expand(load_suite(path), path).specs:
+path, part, parts = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for spec in expand(load_suite(path), path).specs[part::parts]:
     result = train.run(spec)
     assert result.status == "ok", (spec, result.status)
 """
@@ -46,9 +51,18 @@ for spec in expand(load_suite(path), path).specs:
 """
 
 
-def timed(cmd: list[str], env: dict[str, str]) -> float:
+SIDES = ("ray", "sequential", "split")
+
+
+def timed(cmds: list[list[str]], env: dict[str, str]) -> float:
+    """Wall seconds until every command, all started together, has exited."""
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for cmd in cmds
+    ]
+    codes = [proc.wait() for proc in procs]
+    if any(codes):
+        raise SystemExit(f"a timed command failed (exit codes {codes}): {cmds}")
     return time.perf_counter() - start
 
 
@@ -60,41 +74,62 @@ def main() -> None:
         "--repeat",
         type=int,
         default=1,
-        help="pairs to time, alternating which side goes first (median ratio)",
+        help="rounds to time, rotating which side goes first (median ratios)",
     )
     args = parser.parse_args()
     if args.repeat < 1:
-        parser.error(f"--repeat: expected a positive number of pairs, got {args.repeat}")
+        parser.error(f"--repeat: expected a positive number of rounds, got {args.repeat}")
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    cores = os.cpu_count() or 1
     print(f"suite:                    {args.suite}")
-    print(f"cores:                    {os.cpu_count()}")
+    print(f"cores:                    {cores}")
     print(f"data cache:               {'empty for each side' if args.cold else 'filled beforehand'}")
-    ratios = []
-    for pair in range(args.repeat):
-        # A shared VM's timings drift run to run; alternating the order keeps drift off one side.
-        grid_s, sequential_s = _time_pair(args.suite, args.cold, env, grid_first=pair % 2 == 0)
-        ratios.append(grid_s / sequential_s)
+    ratios: dict[str, list[float]] = {"ray": [], "split": []}
+    for round_ in range(args.repeat):
+        # A shared VM's timings drift run to run; rotating the order keeps drift off one side.
+        order = SIDES[round_ % 3 :] + SIDES[: round_ % 3]
+        seconds = _time_round(args.suite, args.cold, env, cores, order)
+        for side in ratios:
+            ratios[side].append(seconds[side] / seconds["sequential"])
         print(
-            f"pair {pair + 1}: synapsebench run (Ray) {grid_s:6.1f} s, "
-            f"train.run one by one {sequential_s:6.1f} s"
+            f"round {round_ + 1}: synapsebench run (Ray) {seconds['ray']:6.1f} s, "
+            f"train.run one by one {seconds['sequential']:6.1f} s, "
+            f"{cores} plain processes {seconds['split']:6.1f} s"
         )
-    print(f"ratio (Ray / sequential): {statistics.median(ratios):7.2f}   (aim: <= 0.75)", end="")
-    print(f"   [median of {len(ratios)}: {', '.join(f'{r:.2f}' for r in ratios)}]" if len(ratios) > 1 else "")
+    _print_ratio("ratio (Ray / sequential):", ratios["ray"], "   (aim: <= 0.75)")
+    _print_ratio("ceiling (plain / sequential):", ratios["split"], "")
 
 
-def _time_pair(suite: str, cold: bool, env: dict[str, str], grid_first: bool) -> tuple[float, float]:
+def _print_ratio(label: str, ratios: list[float], aim: str) -> None:
+    spread = (
+        f"   [median of {len(ratios)}: {', '.join(f'{r:.2f}' for r in ratios)}]" if len(ratios) > 1 else ""
+    )
+    print(f"{label:<30}{statistics.median(ratios):5.2f}{aim}{spread}")
+
+
+def _time_round(
+    suite: str, cold: bool, env: dict[str, str], cores: int, order: tuple[str, ...]
+) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="sb_bench_") as tmp:
-        env = {**env, "SYNAPSEBENCH_CACHE": str(Path(tmp) / "cache")}
+
+        def side_env(side: str, **extra: str) -> dict[str, str]:
+            cache = Path(tmp) / (f"cache_{side}" if cold else "cache")
+            return {**env, "SYNAPSEBENCH_CACHE": str(cache), **extra}
+
         if not cold:
-            timed([sys.executable, "-c", PREPARE, suite], env)
+            timed([[sys.executable, "-c", PREPARE, suite]], side_env("ray"))
         cli = [sys.executable, "-m", "benchmark", "run", suite, "--results", str(Path(tmp) / "r")]
-        sequential = [sys.executable, "-c", SEQUENTIAL, suite]
-        sequential_env = {**env, "SYNAPSEBENCH_CACHE": str(Path(tmp) / "cache_sequential")} if cold else env
-        if grid_first:
-            grid_s = timed(cli, env)
-            return grid_s, timed(sequential, sequential_env)
-        sequential_s = timed(sequential, sequential_env)
-        return timed(cli, env), sequential_s
+        one = [sys.executable, "-c", SEQUENTIAL, suite]
+        runs = {
+            "ray": ([cli], side_env("ray")),
+            "sequential": ([[*one, "0", "1"]], side_env("sequential")),
+            # One thread each, as Ray gives a one-CPU trial (OMP_NUM_THREADS=1).
+            "split": (
+                [[*one, str(i), str(cores)] for i in range(cores)],
+                side_env("split", OMP_NUM_THREADS="1"),
+            ),
+        }
+        return {side: timed(*runs[side]) for side in order}
 
 
 if __name__ == "__main__":
