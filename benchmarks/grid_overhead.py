@@ -9,9 +9,9 @@ cores is 0.75 or less.
 
 A third side is this machine's ceiling: one plain process per core started together, process i training
 RunSpecs i, i + cores, ... with no scheduler, tracking or store. Ray's ratio can approach it, not beat
-it; the gap between the two is what Ray, MLflow and the store cost. On a shared VM one pair's ratio
-drifts by ±0.15 between runs: ``--repeat N`` times N rounds, rotating which side goes first, and prints
-the medians.
+it; the gap between the two is what Ray, MLflow and the store cost. On a shared VM one round's ratio
+drifts by ±0.15 or more between runs: ``--repeat N`` times N rounds, rotating which side goes first,
+and prints the medians.
 
     .venv/bin/python benchmarks/grid_overhead.py [--suite suites/smoke.yaml] [--repeat 3] [--cold]
 """
@@ -87,7 +87,8 @@ def main() -> None:
     ratios: dict[str, list[float]] = {"ray": [], "split": []}
     for round_ in range(args.repeat):
         # A shared VM's timings drift run to run; rotating the order keeps drift off one side.
-        order = SIDES[round_ % 3 :] + SIDES[: round_ % 3]
+        first = round_ % len(SIDES)
+        order = SIDES[first:] + SIDES[:first]
         seconds = _time_round(args.suite, args.cold, env, cores, order)
         for side in ratios:
             ratios[side].append(seconds[side] / seconds["sequential"])
