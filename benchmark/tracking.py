@@ -52,6 +52,19 @@ def resolve_tracking_uri(explicit: str | None, results: Path) -> str:
     return explicit or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(results)
 
 
+def local_artifact_root(uri: str) -> str | None:
+    """Where a SQLite store's runs keep their artifacts: ``mlartifacts/`` beside the database file.
+
+    MLflow's own default is ``./mlruns`` in whatever folder the command ran from; a server (or any
+    other store) decides for itself (None).
+    """
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix) or uri[len(prefix) :] in ("", ":memory:"):
+        return None
+    database = Path(uri[len(prefix) :].split("?", 1)[0]).resolve()
+    return (database.parent / "mlartifacts").as_uri()
+
+
 def spec_params(spec: RunSpec) -> dict[str, str]:
     params = {
         "task": spec.task,
@@ -100,7 +113,11 @@ class Tracker:
         self._client = MlflowClient(tracking_uri=self.uri)
         exp = self._client.get_experiment_by_name(self.experiment)
         self._experiment_id = (
-            exp.experiment_id if exp is not None else self._client.create_experiment(self.experiment)
+            exp.experiment_id
+            if exp is not None
+            else self._client.create_experiment(
+                self.experiment, artifact_location=local_artifact_root(self.uri)
+            )
         )
 
     def _disable(self, why: str) -> None:

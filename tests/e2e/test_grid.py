@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -35,11 +36,17 @@ def _run_files(results: Path, suite: str) -> dict[str, float]:
 
 
 def test_tiny_grid_end_to_end_then_resume_adds_nothing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     suite = write_suite(tmp_path / "tiny.yaml", **tiny_suite(), artifacts=["weight_histogram"])
     results = tmp_path / "results"
     uri = f"sqlite:///{tmp_path}/track.db"
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
     args = ["run", str(suite), "--results", str(results), "--tracking-uri", uri]
 
     assert main(args) == 0
@@ -66,6 +73,10 @@ def test_tiny_grid_end_to_end_then_resume_adds_nothing(
         artifacts = MlflowClient(tracking_uri=uri).list_artifacts(child.info.run_id)
         assert [a.path for a in artifacts] == ["weight_histogram.png"]
         assert artifacts[0].file_size > 5000
+        kept = Path(urlparse(child.info.artifact_uri).path) / "weight_histogram.png"
+        assert kept.is_relative_to(tmp_path / "mlartifacts"), "kept beside the database"
+        assert kept.is_file()
+    assert not any(elsewhere.iterdir()), "nothing lands in the folder the command ran from"
     board = (results / "tiny" / "leaderboard.md").read_text()
     assert "## digits_mlp" in board
     assert "## mnist1d_mlp" in board
