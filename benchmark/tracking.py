@@ -8,19 +8,24 @@ runs still complete and still reach Parquet.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import queue
+import shutil
+import sqlite3
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from benchmark.cache import cache_dir
 from benchmark.spec import RunSpec
 
 RUN_ID_TAG = "synapsebench.run_id"
@@ -52,17 +57,70 @@ def resolve_tracking_uri(explicit: str | None, results: Path) -> str:
     return explicit or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(results)
 
 
+def sqlite_database(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI; None for other stores and in-memory SQLite."""
+    prefix = "sqlite:///"
+    path = uri[len(prefix) :].split("?", 1)[0] if uri.startswith(prefix) else ""
+    return Path(path).resolve() if path not in ("", ":memory:") else None
+
+
 def local_artifact_root(uri: str) -> str | None:
     """Where a SQLite store's runs keep their artifacts: ``mlartifacts/`` beside the database file.
 
     MLflow's own default is ``./mlruns`` in whatever folder the command ran from; a server (or any
     other store) decides for itself (None).
     """
-    prefix = "sqlite:///"
-    if not uri.startswith(prefix) or uri[len(prefix) :] in ("", ":memory:"):
-        return None
-    database = Path(uri[len(prefix) :].split("?", 1)[0]).resolve()
-    return (database.parent / "mlartifacts").as_uri()
+    database = sqlite_database(uri)
+    return None if database is None else (database.parent / "mlartifacts").as_uri()
+
+
+def start_from_template(database: Path) -> None:
+    """Make a new SQLite store as a copy of an empty one, made once per MLflow version in the cache.
+
+    MLflow creates a store by running every one of its schema migrations: seconds of CPU for each new
+    results folder, on the cores a grid's workers need. A copy takes milliseconds. An existing
+    database is never touched, and if anything fails here MLflow creates the store itself.
+    """
+    if database.exists():
+        return
+    import mlflow
+
+    template = cache_dir() / f"mlflow-{mlflow.__version__}.db"
+    try:
+        if not template.is_file():
+            with _partial_file(template) as partial:
+                # The client creates its tables on first use; the finished file is then renamed in.
+                mlflow.MlflowClient(tracking_uri=f"sqlite:///{partial}").search_experiments(max_results=1)
+                os.replace(partial, template)
+        with _partial_file(database) as partial:
+            shutil.copyfile(template, partial)
+            if not _has_schema(partial):
+                template.unlink(missing_ok=True)  # damaged: the next new store makes it again
+                return
+            with contextlib.suppress(FileExistsError):  # another process made it meanwhile: keep theirs
+                os.link(partial, database)
+    except Exception:  # noqa: BLE001 - only a shortcut: MLflow creates the store as usual
+        return
+
+
+def _has_schema(database: Path) -> bool:
+    try:
+        with contextlib.closing(sqlite3.connect(database)) as db:
+            return db.execute("SELECT version_num FROM alembic_version").fetchone() is not None
+    except sqlite3.Error:
+        return False
+
+
+@contextlib.contextmanager
+def _partial_file(final: Path) -> Iterator[Path]:
+    """A temporary file beside ``final``, removed on the way out unless it was renamed away."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.")
+    os.close(fd)
+    try:
+        yield Path(name)
+    finally:
+        Path(name).unlink(missing_ok=True)
 
 
 def spec_params(spec: RunSpec) -> dict[str, str]:
@@ -110,6 +168,9 @@ class Tracker:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         from mlflow.tracking import MlflowClient
 
+        database = sqlite_database(self.uri)
+        if database is not None:
+            start_from_template(database)
         self._client = MlflowClient(tracking_uri=self.uri)
         exp = self._client.get_experiment_by_name(self.experiment)
         self._experiment_id = (

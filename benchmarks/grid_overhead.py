@@ -2,8 +2,9 @@
 RunSpecs trained one after another in one process by ``train.run``.
 
 Both sides start from a fresh Python process, so both pay their imports; the CLI side also pays Ray's
-start-up, worker imports and MLflow tracking. Both read the suite's data sets from the same data cache,
-filled beforehand (``--cold`` starts each side with an empty one instead). Prints both wall times and
+start-up, worker imports and MLflow tracking. Both read the suite's data sets from the same cache, filled
+beforehand, which also holds the empty MLflow database that new tracking stores copy (``--cold`` starts
+each side with an empty cache instead). Prints both wall times and
 their ratio (CLI ÷ sequential): below 1, the grid's parallelism outweighs its overhead. The aim on 2
 cores is 0.75 or less.
 
@@ -40,14 +41,17 @@ for spec in expand(load_suite(path), path).specs[part::parts]:
 
 PREPARE = """
 import sys
+from pathlib import Path
 import torch
 from benchmark.plan import expand
 from benchmark.spec import load_suite
 from benchmark.tasks import TASKS
-path = sys.argv[1]
+from benchmark.tracking import start_from_template
+path, scratch = sys.argv[1], Path(sys.argv[2])
 for spec in expand(load_suite(path), path).specs:
     task = TASKS.get(spec.task)
     task.load_data(task.options.model_validate(spec.task_options), torch.device("cpu"))
+start_from_template(scratch / "mlflow.db")  # makes the cached empty store that new stores copy
 """
 
 
@@ -118,7 +122,7 @@ def _time_round(
             return {**env, "SYNAPSEBENCH_CACHE": str(cache), **extra}
 
         if not cold:
-            timed([[sys.executable, "-c", PREPARE, suite]], side_env("ray"))
+            timed([[sys.executable, "-c", PREPARE, suite, str(Path(tmp) / "warm")]], side_env("ray"))
         cli = [sys.executable, "-m", "benchmark", "run", suite, "--results", str(Path(tmp) / "r")]
         one = [sys.executable, "-c", SEQUENTIAL, suite]
         runs = {

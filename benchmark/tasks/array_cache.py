@@ -1,12 +1,11 @@
 """A disk cache for generated data sets, so each worker process does not make them again.
 
 Generating MNIST-1D takes seconds and loading scikit-learn's digits imports scikit-learn (about as
-long); a grid pays that once per worker process and task. Arrays are kept as ``.npz`` files under
-``$SYNAPSEBENCH_CACHE`` (default ``$XDG_CACHE_HOME/synapsebench``, else ``~/.cache/synapsebench``),
-named by what made them: the generator's arguments and version. A file is written under a temporary
-name and renamed into place, so concurrent workers and kills never leave a half-written file that
-reads as data; a file that cannot be read is made again. A cache that cannot be written only costs
-the time.
+long); a grid pays that once per worker process and task. Arrays are kept as ``.npz`` files in the
+cache folder (:mod:`benchmark.cache`), named by what made them: the generator's arguments and version.
+A file is written under a temporary name and renamed into place, so concurrent workers and kills never
+leave a half-written file that reads as data; a file that cannot be read is made again. A cache that
+cannot be written only costs the time.
 """
 
 from __future__ import annotations
@@ -22,16 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-CACHE_ENV = "SYNAPSEBENCH_CACHE"
-
-
-def cache_dir() -> Path:
-    """Where generated data sets are kept."""
-    explicit = os.environ.get(CACHE_ENV)
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "synapsebench"
+from benchmark.cache import cache_dir
 
 
 def cached_arrays(

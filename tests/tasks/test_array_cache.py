@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmark.tasks.array_cache import CACHE_ENV, cached_arrays
+from benchmark.cache import CACHE_ENV
+from benchmark.tasks.array_cache import cached_arrays
 
 
 @pytest.fixture
