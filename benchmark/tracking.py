@@ -64,14 +64,15 @@ def sqlite_database(uri: str) -> Path | None:
     return Path(path).resolve() if path not in ("", ":memory:") else None
 
 
-def local_artifact_root(uri: str) -> str | None:
-    """Where a SQLite store's runs keep their artifacts: ``mlartifacts/`` beside the database file.
+def local_artifact_root(uri: str, experiment: str) -> str | None:
+    """Where a SQLite store's experiment keeps its runs' artifacts: ``mlartifacts/<experiment>/`` beside
+    the database file.
 
     MLflow's own default is ``./mlruns`` in whatever folder the command ran from; a server (or any
     other store) decides for itself (None).
     """
     database = sqlite_database(uri)
-    return None if database is None else (database.parent / "mlartifacts").as_uri()
+    return None if database is None else (database.parent / "mlartifacts" / experiment).as_uri()
 
 
 def start_from_template(database: Path) -> None:
@@ -177,7 +178,7 @@ class Tracker:
             exp.experiment_id
             if exp is not None
             else self._client.create_experiment(
-                self.experiment, artifact_location=local_artifact_root(self.uri)
+                self.experiment, artifact_location=local_artifact_root(self.uri, self.experiment)
             )
         )
 

@@ -74,7 +74,7 @@ def test_tiny_grid_end_to_end_then_resume_adds_nothing(
         assert [a.path for a in artifacts] == ["weight_histogram.png"]
         assert artifacts[0].file_size > 5000
         kept = Path(urlparse(child.info.artifact_uri).path) / "weight_histogram.png"
-        assert kept.is_relative_to(tmp_path / "mlartifacts"), "kept beside the database"
+        assert kept.is_relative_to(tmp_path / "mlartifacts" / "tiny"), "kept beside the database"
         assert kept.is_file()
     assert not any(elsewhere.iterdir()), "nothing lands in the folder the command ran from"
     board = (results / "tiny" / "leaderboard.md").read_text()
