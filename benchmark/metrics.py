@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 import os
 import time
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from benchmark.atomic import temporary_beside
 
 
 class Clock:
@@ -187,10 +188,9 @@ def save_weight_histogram(
     if title:
         figure.suptitle(title, fontsize=9)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.stem}.{uuid.uuid4().hex}.png"
-    figure.savefig(tmp, dpi=100)
-    os.replace(tmp, path)  # a reader (MLflow) never sees half a file
+    with temporary_beside(path, ".png") as tmp:
+        figure.savefig(tmp, dpi=100)
+        os.replace(tmp, path)  # a reader (MLflow) never sees half a file
     return path
 
 

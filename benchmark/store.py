@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from benchmark.atomic import temporary_beside
 from benchmark.provenance import git_commit, package_version
 from benchmark.result import RunResult
 from benchmark.spec import RunSpec
@@ -160,16 +160,12 @@ def write_run(results: Path, spec: RunSpec, result: RunResult) -> Path:
 
 
 def _write_atomic(table: pa.Table, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.stem}.{uuid.uuid4().hex}.tmp"
-    try:
+    with temporary_beside(path) as tmp:
         with open(tmp, "wb") as fh:
             pq.write_table(table, fh, compression="zstd")
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

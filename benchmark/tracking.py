@@ -15,16 +15,16 @@ import os
 import queue
 import shutil
 import sqlite3
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from benchmark.atomic import temporary_beside
 from benchmark.cache import cache_dir
 from benchmark.spec import RunSpec
 
@@ -89,11 +89,11 @@ def start_from_template(database: Path) -> None:
     template = cache_dir() / f"mlflow-{mlflow.__version__}.db"
     try:
         if not template.is_file():
-            with _partial_file(template) as partial:
+            with temporary_beside(template, ".db") as partial:
                 # The client creates its tables on first use; the finished file is then renamed in.
                 mlflow.MlflowClient(tracking_uri=f"sqlite:///{partial}").search_experiments(max_results=1)
                 os.replace(partial, template)
-        with _partial_file(database) as partial:
+        with temporary_beside(database, ".db") as partial:
             shutil.copyfile(template, partial)
             if not _has_schema(partial):
                 template.unlink(missing_ok=True)  # damaged: the next new store makes it again
@@ -110,18 +110,6 @@ def _has_schema(database: Path) -> bool:
             return db.execute("SELECT version_num FROM alembic_version").fetchone() is not None
     except sqlite3.Error:
         return False
-
-
-@contextlib.contextmanager
-def _partial_file(final: Path) -> Iterator[Path]:
-    """A temporary file beside ``final``, removed on the way out unless it was renamed away."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.")
-    os.close(fd)
-    try:
-        yield Path(name)
-    finally:
-        Path(name).unlink(missing_ok=True)
 
 
 def spec_params(spec: RunSpec) -> dict[str, str]:

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import sys
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import yaml
 from ray.tune.search.optuna import OptunaSearch
 
 from benchmark import store
+from benchmark.atomic import temporary_beside
 from benchmark.execute.grid import OBJECTIVE_KEY, SAMPLED_KEY, GridOutcome, ResourceFn, run_trials
 from benchmark.plan import Plan
 from benchmark.rules import RULES
@@ -134,9 +134,9 @@ def write_tuned(folder: Path, suite: str, seed: int, cells: list[TunedCell]) -> 
             f"# searched on seed {seed} with an equal trial budget per rule. Reference it from a suite with\n"
             f"#   - {{name: {rule}, tuned: {os.path.relpath(path, folder.parent.parent)}}}\n"
         ) + yaml.safe_dump(doc, sort_keys=False)
-        tmp = folder / f".{rule}.{uuid.uuid4().hex}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        with temporary_beside(path) as tmp:
+            tmp.write_text(text)
+            os.replace(tmp, path)
         written.append(path)
     return written
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
 from pathlib import Path
 
 import matplotlib
@@ -17,6 +16,8 @@ matplotlib.use("Agg")  # files only: no display on cluster nodes or CI
 import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
+
+from benchmark.atomic import temporary_beside
 
 
 def plot_file(task_display: str) -> str:
@@ -53,9 +54,8 @@ def plot_task_curves(task: str, metric: str, frame: pd.DataFrame, path: Path) ->
 
 def save_figure(fig: Figure, path: Path) -> Path:
     """Write ``fig`` to ``path`` as PNG through a hidden temporary, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.stem}.{uuid.uuid4().hex}.png"
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    with temporary_beside(path, ".png") as tmp:
+        fig.savefig(tmp)
+        plt.close(fig)
+        os.replace(tmp, path)
     return path

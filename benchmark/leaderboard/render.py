@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from pathlib import Path
 
 import pandas as pd
 
+from benchmark.atomic import temporary_beside
 from benchmark.leaderboard.plots import plot_file
 from benchmark.leaderboard.theory import TheoryView
 
@@ -154,13 +154,13 @@ def write_leaderboard(
         for table, name in ((view.deviations, "theory.parquet"), (view.implied, "implied_metric.parquet")):
             if not table.empty:
                 _write_parquet(table, folder / name)
-    tmp = folder / f".leaderboard.{uuid.uuid4().hex}.tmp"
-    tmp.write_text(render_markdown(suite, board, n_runs, provenance, view).rstrip("\n") + "\n")
-    os.replace(tmp, markdown)
+    with temporary_beside(markdown) as tmp:
+        tmp.write_text(render_markdown(suite, board, n_runs, provenance, view).rstrip("\n") + "\n")
+        os.replace(tmp, markdown)
     return parquet, markdown
 
 
 def _write_parquet(table: pd.DataFrame, path: Path) -> None:
-    tmp = path.parent / f".{path.stem}.{uuid.uuid4().hex}.tmp"
-    table.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    with temporary_beside(path) as tmp:
+        table.to_parquet(tmp, index=False)
+        os.replace(tmp, path)

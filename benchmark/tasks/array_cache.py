@@ -13,14 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 import numpy as np
 
+from benchmark.atomic import temporary_beside
 from benchmark.cache import cache_dir
 
 
@@ -36,16 +35,11 @@ def cached_arrays(
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         pass  # absent or unreadable: make it again
     arrays = make()
-    partial: str | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{name}-", suffix=".npz")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, *arrays)
-        os.replace(partial, path)
+        with temporary_beside(path, ".npz") as partial:
+            np.savez(partial, *arrays)
+            os.replace(partial, path)
     except OSError as exc:
-        if partial is not None:
-            Path(partial).unlink(missing_ok=True)
         warnings.warn(
             f"data cache {path.parent} is not writable ({exc}); data is made again by every process",
             stacklevel=2,
