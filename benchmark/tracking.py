@@ -64,15 +64,10 @@ def sqlite_database(uri: str) -> Path | None:
     return Path(path).resolve() if path not in ("", ":memory:") else None
 
 
-def local_artifact_root(uri: str, experiment: str) -> str | None:
+def local_artifact_root(database: Path, experiment: str) -> str:
     """Where a SQLite store's experiment keeps its runs' artifacts: ``mlartifacts/<experiment>/`` beside
-    the database file.
-
-    MLflow's own default is ``./mlruns`` in whatever folder the command ran from; a server (or any
-    other store) decides for itself (None).
-    """
-    database = sqlite_database(uri)
-    return None if database is None else (database.parent / "mlartifacts" / experiment).as_uri()
+    the database file. MLflow's own default is ``./mlruns`` in whatever folder the command ran from."""
+    return (database.parent / "mlartifacts" / experiment).as_uri()
 
 
 def start_from_template(database: Path) -> None:
@@ -162,13 +157,12 @@ class Tracker:
             start_from_template(database)
         self._client = MlflowClient(tracking_uri=self.uri)
         exp = self._client.get_experiment_by_name(self.experiment)
-        self._experiment_id = (
-            exp.experiment_id
-            if exp is not None
-            else self._client.create_experiment(
-                self.experiment, artifact_location=local_artifact_root(self.uri, self.experiment)
-            )
-        )
+        if exp is not None:
+            self._experiment_id = exp.experiment_id
+            return
+        # A server (or any other store) decides where artifacts go.
+        artifacts = None if database is None else local_artifact_root(database, self.experiment)
+        self._experiment_id = self._client.create_experiment(self.experiment, artifact_location=artifacts)
 
     def _disable(self, why: str) -> None:
         if self.enabled:
