@@ -90,7 +90,7 @@ def start_from_template(database: Path) -> None:
                 os.replace(partial, template)
         with temporary_beside(database, ".db") as partial:
             shutil.copyfile(template, partial)
-            if not _has_schema(partial):
+            if not _adopt_copy(partial, local_artifact_root(database, "Default")):
                 template.unlink(missing_ok=True)  # damaged: the next new store makes it again
                 return
             with contextlib.suppress(FileExistsError):  # another process made it meanwhile: keep theirs
@@ -99,10 +99,19 @@ def start_from_template(database: Path) -> None:
         return
 
 
-def _has_schema(database: Path) -> bool:
+def _adopt_copy(copy: Path, default_artifacts: str) -> bool:
+    """Whether the copy holds MLflow's schema; if so, its Default experiment (which MLflow made in the
+    template with ``./mlruns`` of that process's folder) keeps artifacts beside the new store instead."""
     try:
-        with contextlib.closing(sqlite3.connect(database)) as db:
-            return db.execute("SELECT version_num FROM alembic_version").fetchone() is not None
+        with contextlib.closing(sqlite3.connect(copy)) as db:
+            if db.execute("SELECT version_num FROM alembic_version").fetchone() is None:
+                return False
+            with db:
+                db.execute(
+                    "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                    (default_artifacts,),
+                )
+            return True
     except sqlite3.Error:
         return False
 

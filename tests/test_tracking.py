@@ -64,6 +64,8 @@ def test_new_stores_start_empty_from_the_cache_and_a_damaged_cache_costs_only_ti
     (template,) = (tmp_path / "cache").glob("mlflow-*.db")
     second = track("b", 1)
     assert run_ids(second) == {make_spec(seed=1).run_id}, "a new store holds none of another's runs"
+    default = MlflowClient(tracking_uri=second).get_experiment("0")
+    assert default.artifact_location == (tmp_path / "b" / "mlartifacts" / "Default").as_uri()
     assert track("a", 2) == first
     assert run_ids(first) == {make_spec(seed=0).run_id, make_spec(seed=2).run_id}, "an existing store is kept"
 
