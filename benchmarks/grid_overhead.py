@@ -1,12 +1,11 @@
 """Is Ray worth it on this machine? The smoke suite through ``synapsebench run`` against the same
 RunSpecs trained one after another in one process by ``train.run``.
 
-Both sides start from a fresh Python process, so both pay their imports; the CLI side also pays Ray's
-start-up, worker imports and MLflow tracking. Both read the suite's data sets from the same cache, filled
+Every side starts from fresh Python processes, so each pays its imports; the CLI side also pays Ray's
+start-up, worker imports and MLflow tracking. All read the suite's data sets from the same cache, filled
 beforehand, which also holds the empty MLflow database that new tracking stores copy (``--cold`` starts
-each side with an empty cache instead). Prints both wall times and
-their ratio (CLI ÷ sequential): below 1, the grid's parallelism outweighs its overhead. The aim on 2
-cores is 0.75 or less.
+each side with an empty cache instead). Prints the wall times and the ratio CLI ÷ sequential: below 1,
+the grid's parallelism outweighs its overhead. The aim on 2 cores is 0.75 or less.
 
 A third side is this machine's ceiling: one plain process per core started together, process i training
 RunSpecs i, i + cores, ... with no scheduler, tracking or store. Ray's ratio can approach it, not beat
