@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -106,6 +107,17 @@ def seeded_build(generator: torch.Generator, build: Callable[[], nn.Module]) -> 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build()
+
+
+class ScaledReLU(nn.Module):
+    """``sqrt(2)·relu(x)``: keeps the second moment of a unit Gaussian input, as in jxbz/agd's FCN."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.relu(x) * math.sqrt(2)
+
+
+Activation = Literal["relu", "scaled_relu"]
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "scaled_relu": ScaledReLU}
 
 
 def mlp(sizes: list[int], activation: type[nn.Module] = nn.ReLU, bias: bool = True) -> nn.Sequential:

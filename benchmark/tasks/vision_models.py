@@ -7,17 +7,10 @@ parameters are 2-D matrices and 4-D kernels.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
-
-class ScaledReLU(nn.Module):
-    """``sqrt(2)·relu(x)``: keeps the second moment of a unit Gaussian input, as in jxbz/agd's FCN."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return nn.functional.relu(x) * math.sqrt(2)
+from benchmark.tasks.base import ScaledReLU, mlp
 
 
 def fcn(in_features: int, num_classes: int, depth: int, width: int, bias: bool) -> nn.Sequential:
@@ -27,12 +20,7 @@ def fcn(in_features: int, num_classes: int, depth: int, width: int, bias: bool) 
     linear classifier). The input is flattened first.
     """
     sizes = [in_features, *[width] * (depth - 1), num_classes]
-    layers: list[nn.Module] = [nn.Flatten()]
-    for i in range(depth):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1], bias=bias))
-        if i < depth - 1:
-            layers.append(ScaledReLU())
-    return nn.Sequential(*layers)
+    return nn.Sequential(nn.Flatten(), *mlp(sizes, ScaledReLU, bias))
 
 
 def strip_affine(model: nn.Module) -> nn.Module:

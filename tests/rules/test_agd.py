@@ -288,3 +288,23 @@ def test_agd_trains_a_bias_free_fcn_on_mnist_files_with_no_hyperparameter(tmp_pa
     assert last["test/accuracy"] > 0.8  # 10 classes: chance is 0.1
     step_sizes = [p.metrics["rule/step_size"] for p in result.curve[1:]]
     assert all(math.isfinite(s) and s > 0 for s in step_sizes)
+
+
+@pytest.mark.parametrize("task", ["mnist1d_mlp", "digits_mlp"])
+def test_scaled_relu_keeps_the_signal_through_a_deep_agd_initialised_mlp(task: str) -> None:
+    # AGD's step size comes from gradient norms, so a signal that fades with depth starves it:
+    # the paper's FCN uses sqrt(2)·ReLU, which the offline MLPs offer as `activation: scaled_relu`.
+    info, rule = TASKS.get(task), RULES.get("agd")
+    features = {"mnist1d_mlp": 40, "digits_mlp": 64}[task]
+    x = torch.randn(4096, features, generator=torch.Generator().manual_seed(1))
+    rms = {}
+    for activation in ("relu", "scaled_relu"):
+        options = info.options.model_validate(
+            {"bias": False, "depth": 7, "width": 256, "activation": activation}
+        )
+        model = info.build_model(options, torch.Generator().manual_seed(0))
+        model = rule.prepare(model, torch.Generator().manual_seed(0), rule.hparams())  # type: ignore[misc]
+        with torch.no_grad():
+            rms[activation] = float(model[:-1](x).pow(2).mean().sqrt() / x.pow(2).mean().sqrt())
+    assert 0.5 < rms["scaled_relu"] < 2.0
+    assert rms["relu"] < 0.2  # halves the second moment at each of the 7 ReLUs
