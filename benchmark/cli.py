@@ -122,13 +122,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     # MLflow's set-up runs on the tracker's thread while Ray starts; Tune loads after.
     args.results.mkdir(parents=True, exist_ok=True)
     tracker = _tracker(args, suite.name)
-    resources = _connect(args)
+    resources, started_here = _connect(args)
+    from benchmark.execute.cluster import shutdown_in_background
     from benchmark.execute.grid import run_grid
 
     outcome = run_grid(
         plan.specs, args.results, tracker, resources, rerun=args.rerun, max_failures=args.max_failures
     )
+    stopping = shutdown_in_background() if started_here else None
     _write_board(suite.name, args.results, only={spec.run_id for spec in plan.specs})
+    if stopping is not None:
+        stopping.join()
     if outcome.failed:
         print(f"{len(outcome.failed)} run(s) failed:", file=sys.stderr)
         for spec, error in outcome.failed:
@@ -140,20 +144,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _connect(args: argparse.Namespace) -> Callable[[RunSpec], dict[str, float]]:
-    """Start or join Ray; returns the per-run resource request (GPUs only where the cluster has them)."""
+def _connect(args: argparse.Namespace) -> tuple[Callable[[RunSpec], dict[str, float]], bool]:
+    """Start or join Ray. Returns the per-run resource request (GPUs only where the cluster has
+    them), and whether this call started a local Ray."""
     from benchmark.execute.cluster import connect
     from benchmark.tasks import TASKS
 
     args.results.mkdir(parents=True, exist_ok=True)
     env = {"SYNAPSEBENCH_DATA": str(args.data_dir.resolve())} if args.data_dir else {}
-    has_gpu = connect(args.address, args.num_cpus, env).get("GPU", 0) > 0
+    connection = connect(args.address, args.num_cpus, env)
+    has_gpu = connection.resources.get("GPU", 0) > 0
 
     def resources(spec: RunSpec) -> dict[str, float]:
         need = TASKS.get(spec.task).resources_for(spec.task_options)
         return {"cpu": need.cpus, "gpu": need.gpus if has_gpu else 0.0}
 
-    return resources
+    return resources, connection.started_here
 
 
 def _tracker(args: argparse.Namespace, experiment: str) -> Tracker:
@@ -189,7 +195,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise SpecError(args.suite, "budget.workers", "none when tuning (each trial is one process)", workers)
     if not tuning_bases(plan, args.rules):
         raise SpecError(args.suite, "rules", "at least one rule with a search space to tune", "none")
-    resources = _connect(args)
+    resources, _ = _connect(args)
     cells = tune_plan(
         plan, args.trials, args.results, lambda name: _tracker(args, name), resources, args.rules
     )

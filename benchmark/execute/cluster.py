@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -21,22 +23,39 @@ def _quiet_defaults() -> None:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 
+def _no_idle_workers() -> None:
+    # A local raylet pre-starts one idle task worker per CPU, but Tune's trials are actors, which
+    # always get new processes: the idle ones only import Ray on cores the driver needs at start-up.
+    os.environ.setdefault("RAY_enable_worker_prestart", "0")
+    os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    resources: dict[str, Any]
+    started_here: bool  # a local instance this call started: the caller may shut it down early
+
+
 def connect(
     address: str | None = None, num_cpus: int | None = None, env: dict[str, str] | None = None
-) -> dict[str, Any]:
+) -> Connection:
     """Join Ray at ``address`` (or ``RAY_ADDRESS``), else start a local instance.
 
     ``env`` is set for the driver and every worker (a local Ray's workers inherit the driver's
     environment; a cluster's get it through the runtime environment). Reuses an instance this
-    process already started (tests keep one per session). Returns the cluster's total resources.
+    process already started (tests keep one per session). Returns the cluster's total resources
+    and whether this call started a local instance.
     """
     _quiet_defaults()
     os.environ.update(env or {})
+    started_here = False
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or None
         if address:
             ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": dict(env or {})})
         else:
+            _no_idle_workers()
+            started_here = True
             ray.init(
                 address="local",
                 num_cpus=num_cpus,
@@ -44,4 +63,15 @@ def connect(
                 _temp_dir=LOCAL_TEMP_DIR,
                 configure_logging=False,
             )
-    return dict(ray.cluster_resources())  # type: ignore[no-untyped-call]
+    return Connection(dict(ray.cluster_resources()), started_here)  # type: ignore[no-untyped-call]
+
+
+def shutdown_in_background() -> threading.Thread:
+    """Stop this process's Ray on a thread, and return the thread (join it before exiting).
+
+    Shutting a local instance down is mostly waiting for its processes to die, which can overlap the
+    caller's remaining work; left to ``atexit``, Ray also sleeps half a second first.
+    """
+    thread = threading.Thread(target=ray.shutdown, name="ray-shutdown")
+    thread.start()
+    return thread
