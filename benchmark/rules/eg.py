@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, overload
 
 import torch
@@ -58,6 +58,13 @@ PAPER = "https://www.biorxiv.org/content/10.1101/2024.10.25.620272v1"
 Closure = Callable[[], float]
 """A step's closure, typed as ``torch.optim.Optimizer.step`` types it."""
 TensorList = list[Tensor] | tuple[Tensor, ...]
+
+CPU_BLOCK = 1 << 17
+"""Entries per block of the loop kernels on the CPU. A step is a chain of about a dozen elementwise
+passes; over whole tensors each pass reads and writes main memory, while over blocks of 2¹⁷ entries
+(512 KiB of float32 per tensor) the chain stays in cache. On 2 cores, the EG-AdamW step on
+ResNet-18's tensors takes 1.2× AdamW(foreach) blocked and 1.8× whole (``benchmarks/optimizer_step.py``);
+blocks of 2¹⁷ to 2¹⁹ time alike, 2¹⁴ is dominated by dispatch and 2²⁰ leaves the cache."""
 """What torch's ``_foreach_*`` ops take; the out-of-place ones return tuples."""
 
 
@@ -147,6 +154,23 @@ def _group_by_device_and_dtype(tensors: Sequence[Tensor]) -> dict[_Key, list[int
     for i, t in enumerate(tensors):
         groups.setdefault((t.device, t.dtype), []).append(i)
     return groups
+
+
+def _cpu_blocks(*tensors: Tensor) -> Iterator[tuple[Tensor, ...]]:
+    """Matching flat blocks of :data:`CPU_BLOCK` entries of same-shaped contiguous CPU tensors, or the
+    tensors whole (on other devices, when small, or when a layout is not contiguous).
+
+    Views share storage, so in-place updates of a block update the tensor. Elementwise results are
+    the same as over the whole tensor: each entry sees the same operations.
+    """
+    first = tensors[0]
+    on_cpu = first.device.type == "cpu"
+    if not on_cpu or first.numel() <= CPU_BLOCK or not all(t.is_contiguous() for t in tensors):
+        yield tensors
+        return
+    flats = [t.view(-1) for t in tensors]
+    for start in range(0, first.numel(), CPU_BLOCK):
+        yield tuple(flat[start : start + CPU_BLOCK] for flat in flats)
 
 
 def _offset(value: float, like: Tensor) -> Tensor:
@@ -399,25 +423,30 @@ def _single_tensor_eg_sgd(
     floor: float,
     maximize: bool,
 ) -> None:
+    # Without momentum the decay term −lr·s·(λ·s) is −lr·λ on every nonzero weight.
+    offset = -lr * weight_decay if momentum == 0 else 0.0
     for i, param in enumerate(params):
-        grad = grads[i] if not maximize else -grads[i]
-        sign = param.sign()
-        offset = 0.0
-        if momentum != 0:
+        whole_grad = grads[i] if not maximize else -grads[i]
+        offset_t = _offset(offset, param)
+        if momentum == 0:
+            for p, grad in _cpu_blocks(param, whole_grad):
+                sign = p.sign()
+                _multiply_keeping_sign_(p, torch.addcmul(offset_t, grad, sign, value=-lr), sign, floor)
+            continue
+        whole_buf = momentum_buffer_list[i]
+        first_step = whole_buf is None
+        if whole_buf is None:  # the buffer starts as the gradient (decay included), as in torch
+            whole_buf = momentum_buffer_list[i] = torch.empty_like(whole_grad)
+        for p, grad, buf in _cpu_blocks(param, whole_grad, whole_buf):
+            sign = p.sign()
             if weight_decay != 0:
                 grad = grad.add(sign, alpha=weight_decay)
-            buf = momentum_buffer_list[i]
-            if buf is None:
-                buf = grad.detach().clone()
-                momentum_buffer_list[i] = buf
+            if first_step:
+                buf.copy_(grad)
             else:
                 buf.mul_(momentum).add_(grad, alpha=1 - dampening)
             grad = grad.add(buf, alpha=momentum) if nesterov else buf
-        else:
-            # Without momentum the decay term −lr·s·(λ·s) is −lr·λ on every nonzero weight.
-            offset = -lr * weight_decay
-        exponent = torch.addcmul(_offset(offset, param), grad, sign, value=-lr)  # −lr·s·d
-        _multiply_keeping_sign_(param, exponent, sign, floor)
+            _multiply_keeping_sign_(p, torch.addcmul(offset_t, grad, sign, value=-lr), sign, floor)  # −lr·s·d
 
 
 def _foreach_eg_sgd(
@@ -739,16 +768,18 @@ def _single_tensor_eg_adamw(
     offset = math.log1p(-lr * weight_decay)
     for i, param in enumerate(params):
         grad = grads[i] if not maximize else -grads[i]
-        exp_avg, exp_avg_sq, step_t = exp_avgs[i], exp_avg_sqs[i], state_steps[i]
+        step_t = state_steps[i]
         step_t += 1
-        exp_avg.lerp_(grad, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         step_size, eps_t = _adam_scalars(float(step_t.item()), lr, beta1, beta2, eps)
-        sign = param.sign() if floor > 0 else param  # the sign is needed only by the floor
-        # s·m/d = m/(s·d) for s = ±1; copysign keeps d > 0 where θ = 0 (no 0/0 for a zero weight).
-        signed_denom = exp_avg_sq.sqrt().add_(eps_t).copysign_(param)
-        exponent = torch.addcdiv(_offset(offset, param), exp_avg, signed_denom, value=-step_size)
-        _multiply_keeping_sign_(param, exponent, sign, floor)
+        offset_t = _offset(offset, param)
+        for p, g, exp_avg, exp_avg_sq in _cpu_blocks(param, grad, exp_avgs[i], exp_avg_sqs[i]):
+            exp_avg.lerp_(g, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            sign = p.sign() if floor > 0 else p  # the sign is needed only by the floor
+            # s·m/d = m/(s·d) for s = ±1; copysign keeps d > 0 where θ = 0 (no 0/0 for a zero weight).
+            signed_denom = exp_avg_sq.sqrt().add_(eps_t).copysign_(p)
+            exponent = torch.addcdiv(offset_t, exp_avg, signed_denom, value=-step_size)
+            _multiply_keeping_sign_(p, exponent, sign, floor)
 
 
 def _foreach_eg_adamw(

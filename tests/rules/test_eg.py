@@ -13,6 +13,7 @@ from torch import Tensor
 
 from benchmark import train
 from benchmark.rules import RULES
+from benchmark.rules import eg as eg_module
 from benchmark.rules.eg import EGSGD, EGAdamW, SGDSigned, eg_adamw, eg_sgd
 from tests.helpers import make_spec
 
@@ -91,6 +92,22 @@ def test_eg_adamw_foreach_matches_the_loop_in_float64(kwargs: dict[str, Any]) ->
     fast = _run(lambda p: EGAdamW(p, foreach=True, **kwargs))
     for a, b in zip(loop, fast, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "kwargs"),
+    [(EGSGD, kwargs) for kwargs in SGD_CONFIGS] + [(EGAdamW, kwargs) for kwargs in ADAMW_CONFIGS],
+    ids=lambda value: value.__name__ if isinstance(value, type) else str(value),
+)
+def test_the_loop_gives_the_same_numbers_in_cache_sized_blocks(
+    optimizer: type, kwargs: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole = _run(lambda p: optimizer(p, foreach=False, **kwargs))
+    # Blocks of 8: (7, 5) and (11,) end in a ragged block, (3, 4, 2) splits evenly, (1,) stays whole.
+    monkeypatch.setattr(eg_module, "CPU_BLOCK", 8)
+    blocked = _run(lambda p: optimizer(p, foreach=False, **kwargs))
+    for a, b in zip(whole, blocked, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 # The formulas of issue 3, written out independently of the kernels (one tensor, plain ops).
