@@ -1,3 +1,3 @@
-from benchmark.cli import main
+from benchmark.cli import entry_point
 
-raise SystemExit(main())
+entry_point()
