@@ -58,14 +58,15 @@ PAPER = "https://www.biorxiv.org/content/10.1101/2024.10.25.620272v1"
 Closure = Callable[[], float]
 """A step's closure, typed as ``torch.optim.Optimizer.step`` types it."""
 TensorList = list[Tensor] | tuple[Tensor, ...]
+"""What torch's ``_foreach_*`` ops take; the out-of-place ones return tuples."""
 
 CPU_BLOCK = 1 << 17
 """Entries per block of the loop kernels on the CPU. A step is a chain of about a dozen elementwise
 passes; over whole tensors each pass reads and writes main memory, while over blocks of 2¹⁷ entries
 (512 KiB of float32 per tensor) the chain stays in cache. On 2 cores, the EG-AdamW step on
-ResNet-18's tensors takes 1.2× AdamW(foreach) blocked and 1.8× whole (``benchmarks/optimizer_step.py``);
-blocks of 2¹⁷ to 2¹⁹ time alike, 2¹⁴ is dominated by dispatch and 2²⁰ leaves the cache."""
-"""What torch's ``_foreach_*`` ops take; the out-of-place ones return tuples."""
+ResNet-18's tensors takes 1.22–1.26× AdamW(foreach) blocked and 1.8–1.9× whole
+(``benchmarks/optimizer_step.py``); blocks of 2¹⁷ to 2¹⁹ time alike, 2¹⁴ is dominated by dispatch
+and 2²⁰ leaves the cache."""
 
 
 # ---------------------------------------------------------------------------------------------
