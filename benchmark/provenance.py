@@ -7,8 +7,10 @@ import subprocess
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,6 +57,8 @@ def code_version() -> str:
 
 
 def device_name(device: torch.device) -> str:
+    import torch  # here, not at the top: `import benchmark` reads the version and must stay light
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return _cpu_model()
@@ -73,4 +77,6 @@ def _cpu_model() -> str:
 
 def pick_device() -> torch.device:
     """CUDA when present, the CPU otherwise."""
+    import torch
+
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
