@@ -38,8 +38,10 @@ class Clock:
 
 
 # ---------------------------------------------------------------------------------------------
-# Brain-likeness of the learned weights (EG paper, references/eg.md §4). Computed at the end of
-# every run, for every rule, and stored as ``final`` columns.
+# Brain-likeness of the learned weights: sign preservation (Dale's law) and log-normal magnitudes, as
+# in Cornford, Pogodin et al., bioRxiv 10.1101/2024.10.25.620272, whose KS test of log|w| is in
+# github.com/jhcornford/exponentiated-gradients ``eg_reach_oc/analysis/reach_weight_dists.ipynb``.
+# Computed at the end of every run, for every rule, and stored as ``final`` columns.
 
 KS_MAX_SAMPLES = 200_000
 """Weights per layer that enter a KS test; larger layers are subsampled with a fixed seed."""

@@ -1,7 +1,7 @@
 """The implied metric of any rule's step: reading an update as natural gradient descent (seed 003).
 
-Shoji, Suzuki & Kozachkov (2024) show that a step that improves a loss can be written as
-``Δθ = −P g`` with ``P`` symmetric positive definite (SPD). With ``u = −Δθ`` (references/dynamics.md §1):
+Shoji, Suzuki & Kozachkov (2024, arXiv:2409.16422) show that a step that improves a loss can be written
+as ``Δθ = −P g`` with ``P`` symmetric positive definite (SPD). With ``u = −Δθ`` (their ``y``):
 
 .. math::
 
@@ -19,8 +19,8 @@ to the step exists iff the step lowered the loss. We integrate it with ``n`` new
 2 by default), exact when the gradient along the segment is a polynomial of degree ``2n − 1`` (cubic
 for ``n = 2``), in one of two ways:
 
-- ``"legendre"`` (default, as the issue and references/dynamics.md §1 specify): Gauss–Legendre
-  with ``n`` interior points; L(θ₁) costs one more forward.
+- ``"legendre"`` (default): Gauss–Legendre with ``n`` interior points; L(θ₁) costs one more
+  forward.
 - ``"lobatto"``: Gauss–Lobatto with ``n + 1`` points, both ends included. The end at θ₀ reuses the
   gradient that the probe already holds, and the end at θ₁ gives the loss after the step from the
   same forward pass, so it is cheaper. With ``n = 2`` it is Simpson's rule, nodes 0, ½, 1; its
@@ -154,7 +154,8 @@ def optimal_metric(g: Tensor, u: Tensor) -> Tensor:
     """The minimum-condition SPD ``P`` with ``P g = u``, as an explicit D×D matrix (tests, tiny D only).
 
     ``P = r[I + (√κ*−1)e₁e₁ᵀ + (1/√κ*−1)e₂e₂ᵀ]`` with ``r = |u|/|g|``, ``e₁,₂ = (b ± d)/√2``,
-    ``b = unit(ĝ+û)`` and ``d = unit(û−ĝ)`` (references/dynamics.md §1).
+    ``b = unit(ĝ+û)`` and ``d = unit(û−ĝ)``. No SPD matrix does better: one of condition ``κ`` turns
+    no vector by more than ``arcsin((κ−1)/(κ+1))``, and ``P g = u`` turns ``g`` by ``ψ``.
 
     Raises:
         ValueError: ``g·u ≤ 0``: no SPD metric maps g to u.
