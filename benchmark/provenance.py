@@ -57,7 +57,7 @@ def code_version() -> str:
 
 
 def device_name(device: torch.device) -> str:
-    import torch  # here, not at the top: `import benchmark` reads the version and must stay light
+    import torch  # here, not at the top: reading `benchmark.__version__` must not load torch
 
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
