@@ -90,6 +90,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     board.set_defaults(command=cmd_leaderboard)
 
+    publish = sub.add_parser("publish", help="write a static leaderboard site (opens from file://, offline)")
+    publish.add_argument("suites", nargs="+", metavar="SUITE", help="suite names with stored runs")
+    publish.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results folder")
+    publish.add_argument("--out", type=Path, required=True, help="folder to write the site into")
+    publish.set_defaults(command=cmd_publish)
+
     show = sub.add_parser("show", help="show one stored run: its spec, status, final metrics, provenance")
     show.add_argument("run_id", help="a run id, or enough of its start to be unique")
     show.add_argument(
@@ -280,6 +286,15 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     parquet, markdown = _write_board(name, args.results, required=True, only=planned)
     print(f"wrote {markdown} and {parquet}")
     print(markdown.read_text())
+    return ExitCode.OK
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from benchmark.leaderboard.site import publish
+
+    _check_results(args.results)
+    pages = publish(args.suites, args.results, args.out)
+    print(f"wrote {len(pages)} pages under {args.out}; open {args.out / 'index.html'}")
     return ExitCode.OK
 
 
