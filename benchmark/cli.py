@@ -137,6 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _check_results(args.results)
     for cell in dict.fromkeys(plan.dropped):  # one line per reason, however many variants share it
         print(f"skipping {cell.rule} on {cell.task}: {cell.reason}", file=sys.stderr)
+    _warn_stale(args.results, suite.name)
     if args.dry_run:
         return _print_plan(plan, args.results)
 
@@ -272,6 +273,15 @@ def cmd_list(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _warn_stale(results: Path, suite: str) -> None:
+    """Say so when ``results`` holds rows of an older protocol: they are neither skipped nor scored."""
+    from benchmark import store
+
+    stale = store.stale_runs(results, suite)
+    if stale:
+        print(f"synapsebench: note: {store.stale_message(results, suite, stale)}", file=sys.stderr)
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     name, planned = args.suite, None
     if name.endswith((".yaml", ".yml")) or os.sep in name:
@@ -283,6 +293,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         planned = {spec.run_id for spec in expand(suite, name).specs}
         name = suite.name
     _check_results(args.results)
+    _warn_stale(args.results, name)
     parquet, markdown = _write_board(name, args.results, required=True, only=planned)
     print(f"wrote {markdown} and {parquet}")
     print(markdown.read_text())
@@ -355,6 +366,14 @@ def _write_board(
     from benchmark.leaderboard.theory import TheoryView, implied_metric_table, theory_table
 
     runs = store.read_runs(results, suite)
+    stale = store.stale_runs(results, suite)
+    if runs.num_rows == 0 and stale and required:
+        raise SpecError(
+            store.runs_dir(results, suite),
+            "protocol",
+            "runs of the current protocol",
+            store.stale_message(results, suite, stale),
+        )
     if only is not None:
         import pyarrow as pa
         import pyarrow.compute as pc
