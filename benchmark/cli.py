@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from benchmark.tracking import Tracker
 
 DEFAULT_RESULTS = Path("leaderboards")
+SITE_FOLDER = "site"
+"""Where ``run`` publishes the results folder's site, beside the suites' folders."""
 
 
 def entry_point() -> NoReturn:
@@ -157,6 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     stopping = shutdown_in_background() if started_here else None
     _write_board(suite.name, args.results, only={spec.run_id for spec in plan.specs})
+    _write_site(args.results)
     if stopping is not None:
         stopping.join()
     if outcome.failed:
@@ -298,6 +301,16 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     print(f"wrote {markdown} and {parquet}")
     print(markdown.read_text())
     return ExitCode.OK
+
+
+def _write_site(results: Path) -> None:
+    """After a run, the results folder's site (``<results>/site/``) shows every suite stored there."""
+    from benchmark.leaderboard.site import current_suites, publish
+
+    suites = current_suites(results)
+    if suites:
+        publish(suites, results, results / SITE_FOLDER)
+        print(f"site: {results / SITE_FOLDER / 'index.html'}", file=sys.stderr)
 
 
 def cmd_publish(args: argparse.Namespace) -> int:

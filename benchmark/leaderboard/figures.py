@@ -21,9 +21,8 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-PALETTE = [matplotlib.colors.to_hex(c) for c in plt.get_cmap("tab20").colors[::2]] + [
-    matplotlib.colors.to_hex(c) for c in plt.get_cmap("tab20").colors[1::2]
-]
+_TAB20 = [matplotlib.colors.to_hex(plt.get_cmap("tab20")(i)) for i in range(20)]
+PALETTE = _TAB20[::2] + _TAB20[1::2]
 """Twenty colours: tab20's dark shades first, so up to ten rules get the most distinct ones."""
 
 

@@ -44,7 +44,9 @@ TASK_COLUMNS = (
     Column("rule", "rule_display"),
     Column("validation", "val_mean", title="mean over seeds of the metric the point was selected by"),
     Column("validation 95% CI", "val_interval"),
-    Column("test", "test_mean", title="mean over seeds of the test form of the target, at the selected point"),
+    Column(
+        "test", "test_mean", title="mean over seeds of the test form of the target, at the selected point"
+    ),
     Column("test 95% CI", "test_interval"),
     Column("final", "mean", title="mean over seeds of the target metric"),
     Column("95% CI", "interval"),
@@ -85,6 +87,11 @@ def known_suites(results: Path) -> list[str]:
     """The suites under ``results`` that have a runs folder."""
     root = Path(results)
     return sorted(p.parent.name for p in root.glob("*/runs") if p.is_dir()) if root.is_dir() else []
+
+
+def current_suites(results: Path) -> list[str]:
+    """The suites under ``results`` with runs of the current protocol (the ones a site can show)."""
+    return [s for s in known_suites(results) if store.read_runs(results, s).num_rows]
 
 
 def check_suites(suites: Sequence[str], results: Path) -> None:
@@ -164,7 +171,9 @@ def _task_section(
     selected = rows[rows["selected"].astype(bool)] if "selected" in rows.columns else rows
     columns = [c for c in TASK_COLUMNS if c.key in rows.columns or c.key.endswith("interval")]
     columns = [c for c in columns if _has_column(rows, c.key)]
-    metric = str(rows["selection_metric"].iloc[0]) if "selection_metric" in rows else str(rows["metric"].iloc[0])
+    metric = (
+        str(rows["selection_metric"].iloc[0]) if "selection_metric" in rows else str(rows["metric"].iloc[0])
+    )
     mode = str(rows["selection_mode"].iloc[0]) if "selection_mode" in rows else str(rows["mode"].iloc[0])
     runs = frame[frame["task_display"] == task]
     section = TaskSection(
@@ -181,12 +190,19 @@ def _task_section(
         long = long.merge(chosen[["run_id", "rule_display", "rule", "seed"]], on="run_id")
         long = long.rename(columns={"rule_display": "group"})
         rule_of = dict(zip(long["group"], long["rule"], strict=False))
-        svg = curves_svg(task, metric, long, {g: g for g in rule_of}, {g: colours[r] for g, r in rule_of.items()})
-        section.figures.append(("learning curves of each rule's selected setting (band: lowest to highest seed)", svg))
+        svg = curves_svg(
+            task, metric, long, {g: g for g in rule_of}, {g: colours[r] for g, r in rule_of.items()}
+        )
+        section.figures.append(
+            ("learning curves of each rule's selected setting (band: lowest to highest seed)", svg)
+        )
     points = sensitivity_points(runs, metric, mode)
     if not points.empty:
         section.figures.append(
-            ("sensitivity: the final metric against each swept hyperparameter", sensitivity_svg(task, metric, points, colours))
+            (
+                "sensitivity: the final metric against each swept hyperparameter",
+                sensitivity_svg(task, metric, points, colours),
+            )
         )
     return section
 

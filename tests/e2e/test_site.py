@@ -36,7 +36,9 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for rule, rates in (("sgd", (0.05, 0.2)), ("adamw", (1e-3, 1e-2))):
         for lr in rates:
             for seed in (0, 1):
-                spec = make_spec(rule=rule, seed=seed, steps=20, eval_every=5, suite="site", hparams={"lr": lr})
+                spec = make_spec(
+                    rule=rule, seed=seed, steps=20, eval_every=5, suite="site", hparams={"lr": lr}
+                )
                 store.write_run(folder, spec, train.run(spec))
     return folder
 
@@ -89,18 +91,17 @@ def test_the_pages_work_in_a_headless_browser(site: Path) -> None:
             for table in page.locator("table.sortable").all():
                 headers = table.locator("thead th")
                 for i in range(headers.count()):
-                    column = f"tbody tr td:nth-child({i + 1})"
-                    keys = lambda: table.locator(column).evaluate_all(  # noqa: E731
-                        "cells => cells.map(c => c.dataset.sort)"
-                    )
+                    cells = table.locator(f"tbody tr td:nth-child({i + 1})")
                     headers.nth(i).click()
-                    first = keys()
+                    first = cells.evaluate_all("cells => cells.map(c => c.dataset.sort)")
                     assert first == _sorted(first), (name, i, first)
                     headers.nth(i).click()
-                    assert keys() == _sorted(first, reverse=True), (name, i)
+                    again = cells.evaluate_all("cells => cells.map(c => c.dataset.sort)")
+                    assert again == _sorted(first, reverse=True), (name, i)
             for svg in page.locator("svg").all():
                 box = svg.bounding_box()
-                assert box is not None and box["width"] > 50 and box["height"] > 50
+                assert box is not None
+                assert min(box["width"], box["height"]) > 50
                 assert svg.locator("path").count() > 0
         page.goto((site / "site.html").as_uri())
         shot = site / "site.png"
