@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from benchmark.tracking import Tracker
 
 DEFAULT_RESULTS = Path("leaderboards")
+SITE_FOLDER = "site"
+"""Where ``run`` publishes the results folder's site, beside the suites' folders."""
 
 
 def entry_point() -> NoReturn:
@@ -90,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     board.set_defaults(command=cmd_leaderboard)
 
+    publish = sub.add_parser("publish", help="write a static leaderboard site (opens from file://, offline)")
+    publish.add_argument("suites", nargs="+", metavar="SUITE", help="suite names with stored runs")
+    publish.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results folder")
+    publish.add_argument("--out", type=Path, required=True, help="folder to write the site into")
+    publish.set_defaults(command=cmd_publish)
+
     show = sub.add_parser("show", help="show one stored run: its spec, status, final metrics, provenance")
     show.add_argument("run_id", help="a run id, or enough of its start to be unique")
     show.add_argument(
@@ -131,6 +139,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _check_results(args.results)
     for cell in dict.fromkeys(plan.dropped):  # one line per reason, however many variants share it
         print(f"skipping {cell.rule} on {cell.task}: {cell.reason}", file=sys.stderr)
+    _warn_stale(args.results, suite.name)
     if args.dry_run:
         return _print_plan(plan, args.results)
 
@@ -150,6 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     stopping = shutdown_in_background() if started_here else None
     _write_board(suite.name, args.results, only={spec.run_id for spec in plan.specs})
+    _write_site(args.results)
     if stopping is not None:
         stopping.join()
     if outcome.failed:
@@ -266,6 +276,15 @@ def cmd_list(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _warn_stale(results: Path, suite: str) -> None:
+    """Say so when ``results`` holds rows of an older protocol: they are neither skipped nor scored."""
+    from benchmark import store
+
+    stale = store.stale_runs(results, suite)
+    if stale:
+        print(f"synapsebench: note: {store.stale_message(results, suite, stale)}", file=sys.stderr)
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     name, planned = args.suite, None
     if name.endswith((".yaml", ".yml")) or os.sep in name:
@@ -277,9 +296,29 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         planned = {spec.run_id for spec in expand(suite, name).specs}
         name = suite.name
     _check_results(args.results)
+    _warn_stale(args.results, name)
     parquet, markdown = _write_board(name, args.results, required=True, only=planned)
     print(f"wrote {markdown} and {parquet}")
     print(markdown.read_text())
+    return ExitCode.OK
+
+
+def _write_site(results: Path) -> None:
+    """After a run, the results folder's site (``<results>/site/``) shows every suite stored there."""
+    from benchmark.leaderboard.site import current_suites, publish
+
+    suites = current_suites(results)
+    if suites:
+        publish(suites, results, results / SITE_FOLDER)
+        print(f"site: {results / SITE_FOLDER / 'index.html'}", file=sys.stderr)
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from benchmark.leaderboard.site import publish
+
+    _check_results(args.results)
+    pages = publish(args.suites, args.results, args.out)
+    print(f"wrote {len(pages)} pages under {args.out}; open {args.out / 'index.html'}")
     return ExitCode.OK
 
 
@@ -340,6 +379,14 @@ def _write_board(
     from benchmark.leaderboard.theory import TheoryView, implied_metric_table, theory_table
 
     runs = store.read_runs(results, suite)
+    stale = store.stale_runs(results, suite)
+    if runs.num_rows == 0 and stale and required:
+        raise SpecError(
+            store.runs_dir(results, suite),
+            "protocol",
+            "runs of the current protocol",
+            store.stale_message(results, suite, stale),
+        )
     if only is not None:
         import pyarrow as pa
         import pyarrow.compute as pc

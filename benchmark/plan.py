@@ -142,7 +142,7 @@ def expand(suite: Suite, path: str | Path, code_version: str = "") -> Plan:
             shown |= {k for t in tuned.tasks.values() for k in t.hparams}
         entry_keys.setdefault(rule_info.name, set()).update(shown)
 
-    cells: list[tuple[Any, Any, Budget, Any, list[Any]]] = []
+    cells: list[tuple[Any, Any, Budget, Any, int, list[Any]]] = []
     checked: dict[tuple[int, str], list[Any]] = {}
     for (task, options, budget), (rule, entry, j, tuned) in itertools.product(tasks, rules):
         if entry.tasks is not None and not any(selects(sel, task.name, options) for sel in entry.tasks):
@@ -166,7 +166,7 @@ def expand(suite: Suite, path: str | Path, code_version: str = "") -> Plan:
             sets, rule_errors = _expand_hparams(rule, fixed, entry.sweep, path, j)
             errors.extend(e for e in rule_errors if str(e) not in {str(x) for x in errors})
             checked[key] = sets
-        cells.append((task, options, budget, rule, checked[key]))
+        cells.append((task, options, budget, rule, j, checked[key]))
 
     if len(set(suite.seeds)) != len(suite.seeds):
         errors.append(SpecError(path, "seeds", "distinct seeds", suite.seeds))
@@ -176,7 +176,7 @@ def expand(suite: Suite, path: str | Path, code_version: str = "") -> Plan:
     specs: list[RunSpec] = []
     dropped: list[DroppedCell] = []
     seen: dict[str, str] = {}
-    for task, options, budget, rule, hparam_sets in cells:
+    for task, options, budget, rule, j, hparam_sets in cells:
         reason = rule.unsupported(task, options)
         if reason is None and budget.workers is not None and not rule.data_parallel:
             reason = f"budget.workers = {budget.workers}: its update is not a gradient step DDP can average"
@@ -197,6 +197,8 @@ def expand(suite: Suite, path: str | Path, code_version: str = "") -> Plan:
                 code_version=code_version,
                 shown=tuple(sorted(entry_keys[rule.name])),
                 artifacts=tuple(suite.artifacts),
+                entry=j,
+                track=rule.track,
             )
             label = f"{task.name} × {spec.rule_display} × seed {seed}"
             if spec.run_id in seen:

@@ -36,3 +36,9 @@ class RunResult:
     finished_at: datetime
     target: tuple[str, float, str] = ("", float("nan"), "max")
     error: str = ""
+    selection: tuple[str, str] = ("", "max")
+    """(metric, mode) the leaderboard and tuning choose sweep points by; empty: the target's."""
+    chance: float = float("nan")
+    """The target metric's value at chance (the 0 of normalised cross-task scores)."""
+    theory: bool = False
+    """A task scored against closed forms, with no held-out split (left out of cross-task scores)."""

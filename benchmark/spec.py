@@ -20,6 +20,16 @@ from benchmark.errors import SpecError, SpecErrors
 
 SUITE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 
+PROTOCOL = 2
+"""The evaluation protocol a run was made under; part of every run's identity and stored in its row.
+
+1. Targets and selection on the test split (before validation splits existed).
+2. Held-out tasks train on a training split, report ``val/...`` beside ``test/...`` at every
+   evaluation, and their targets and every selection (leaderboard, tuning) read validation only.
+
+Rows of another protocol are never skipped as done and never scored (docs/protocol.md).
+"""
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -94,6 +104,10 @@ class Suite(_Frozen):
     layer's weight magnitudes (log10 |w|) at init and at the end, with a log-normal fit."""
 
 
+NOT_HASHED = {"suite", "code_version", "shown", "artifacts", "entry", "track"}
+"""RunSpec fields that do not change a run's result: recorded beside it, not part of its id."""
+
+
 class RunSpec(_Frozen):
     """One cell of the grid, fully resolved: defaults are filled in, so equal runs hash equal."""
 
@@ -109,6 +123,12 @@ class RunSpec(_Frozen):
     """Hyperparameters to show in the display name (the suite's explicit ones); None shows all."""
     artifacts: tuple[str, ...] = ()
     """End-of-run files to write (the suite's ``artifacts``); they do not change the result."""
+    protocol: int = PROTOCOL
+    """The evaluation protocol (:data:`PROTOCOL`): hashed, so a new protocol never reuses old rows."""
+    entry: int | None = None
+    """Index of the suite's rule entry the cell came from: the leaderboard selects one point per entry."""
+    track: Literal["tuned", "self_tuning"] = "tuned"
+    """The rule's scoring track (AlgoPerf's external tuning vs self-tuning), copied from the registry."""
 
     def identity(self) -> dict[str, Any]:
         """Everything that changes the run's result (the code version is recorded, not hashed).
@@ -116,7 +136,9 @@ class RunSpec(_Frozen):
         Unset optional fields are left out, so adding one later keeps earlier runs' hashes.
         """
         return self.model_dump(
-            mode="json", exclude={"suite", "code_version", "shown", "artifacts"}, exclude_none=True
+            mode="json",
+            exclude={"suite", "code_version", "shown", "artifacts", "entry", "track"},
+            exclude_none=True,
         )
 
     @property

@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
 from benchmark.atomic import temporary_beside
 from benchmark.provenance import git_commit, package_version
 from benchmark.result import RunResult
-from benchmark.spec import RunSpec
+from benchmark.spec import PROTOCOL, RunSpec
 
 COMPLETED = ("ok", "diverged")
 """Statuses that count as done: such a run is skipped on the next invocation (unless --rerun)."""
@@ -51,6 +52,13 @@ RUN_SCHEMA = pa.schema(
         ("target_metric", pa.string()),
         ("target_value", pa.float64()),
         ("target_mode", pa.string()),
+        ("selection_metric", pa.string()),
+        ("selection_mode", pa.string()),
+        ("chance", pa.float64()),
+        ("theory", pa.bool_()),
+        ("protocol", pa.int64()),
+        ("rule_entry", pa.int64()),
+        ("track", pa.string()),
         ("status", pa.string()),
         ("error", pa.string()),
         ("steps", pa.int64()),
@@ -116,6 +124,13 @@ def run_row(spec: RunSpec, result: RunResult) -> dict[str, Any]:
         "target_metric": result.target[0],
         "target_value": result.target[1],
         "target_mode": result.target[2],
+        "selection_metric": result.selection[0] or result.target[0],
+        "selection_mode": result.selection[1] if result.selection[0] else result.target[2],
+        "chance": result.chance,
+        "theory": result.theory,
+        "protocol": spec.protocol,
+        "rule_entry": spec.entry,
+        "track": spec.track,
         "status": result.status,
         "error": result.error,
         "steps": result.steps,
@@ -175,9 +190,33 @@ def _data_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith((".", "_")))
 
 
-def read_runs(results: Path, suite: str) -> pa.Table:
-    """Every run row of ``suite`` (an empty table with :data:`RUN_SCHEMA` when there is none)."""
-    return _read(_data_files(runs_dir(results, suite)), RUN_SCHEMA)
+def read_runs(results: Path, suite: str, protocol: int | None = PROTOCOL) -> pa.Table:
+    """The run rows of ``suite`` made under ``protocol`` (every row when None).
+
+    An empty table with :data:`RUN_SCHEMA` when there is none. Rows written before the protocol
+    was stored read as protocol 1.
+    """
+    table = _read(_data_files(runs_dir(results, suite)), RUN_SCHEMA)
+    if protocol is None:
+        return table
+    return table.filter(pc.equal(pc.fill_null(table.column("protocol"), 1), protocol))
+
+
+def stale_runs(results: Path, suite: str) -> int:
+    """How many stored rows of ``suite`` were made under another protocol than :data:`PROTOCOL`."""
+    every: int = read_runs(results, suite, protocol=None).num_rows
+    current: int = read_runs(results, suite).num_rows
+    return every - current
+
+
+def stale_message(results: Path, suite: str, count: int) -> str:
+    """What to tell a user whose results folder holds rows of an older protocol."""
+    return (
+        f"{count} stored run(s) of suite {suite!r} under {results} were made under an older evaluation "
+        f"protocol (before protocol {PROTOCOL}: validation splits and selection on validation) and are "
+        "neither skipped as done nor scored; `synapsebench run` reruns their cells under the current "
+        "protocol (add --rerun to rerun cells already done), or pass a new --results folder"
+    )
 
 
 def read_curves(results: Path, suite: str, run_ids: Iterable[str] | None = None) -> pa.Table:
