@@ -24,7 +24,11 @@ SHAPES = ((6, 4), (3, 2, 3, 3), (1, 5), (40, 50))
 
 STEPS = 5
 
-_MOMENTUM = ({"momentum": 0.9, "nesterov": True, "weight_decay": 1e-2}, {"momentum": 0.5, "dampening": 0.3})
+_MOMENTUM = (
+    {"momentum": 0.0, "weight_decay": 1e-2},
+    {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-2},
+    {"momentum": 0.5, "dampening": 0.3},
+)
 SETTINGS: dict[str, tuple[dict[str, Any], ...]] = {
     "sgd": ({}, *_MOMENTUM),
     "eg_sgd": ({}, *_MOMENTUM),
@@ -57,10 +61,18 @@ class Tensors(nn.Module):
         self.tensors = nn.ParameterList(
             nn.Parameter(torch.randn(shape, generator=generator, dtype=torch.float64)) for shape in SHAPES
         )
+        with torch.no_grad():
+            self.tensors[-1][0, :2] = 0.0  # a weight without a sign (EG keeps it at 0), under 1% of the layer
 
 
 def _shown(hparams: dict[str, Any]) -> str:
     return ",".join(f"{key}={value}" for key, value in hparams.items()) or "defaults"
+
+
+def _settings(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    return [
+        {k: v for k, v in group.items() if k not in ("params", "foreach")} for group in optimizer.param_groups
+    ]
 
 
 def _prefixed(prefix: str, message: str) -> str:
@@ -95,10 +107,14 @@ def test_foreach_matches_forloop(name: str, hparams: dict[str, Any]) -> None:
     loop = [p.clone().requires_grad_() for p in start]
     foreach = [p.clone().requires_grad_() for p in start]
     optimizers = (cls(loop, **kwargs, foreach=False), cls(foreach, **kwargs, foreach=True))
+    for optimizer in optimizers:  # rebuilt at the rule's settings, not at the class's defaults
+        assert _settings(optimizer) == _settings(learner.optimizer)
     gen = torch.Generator().manual_seed(2)
     for step in range(STEPS):
-        for a, b in zip(loop, foreach, strict=True):
+        for i, (a, b) in enumerate(zip(loop, foreach, strict=True)):
             a.grad = torch.randn(a.shape, generator=gen, dtype=torch.float64)
+            if (step, i) == (2, 0):
+                a.grad.zero_()  # a layer without signal for a step (AGD's zero-norm case)
             b.grad = a.grad.clone()
         for optimizer in optimizers:
             optimizer.step()
