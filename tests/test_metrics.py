@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -97,9 +98,23 @@ def test_every_run_ends_with_the_brain_metrics() -> None:
     assert 0.0 <= result.final["weights/sign_flips"] < 0.5
 
 
-def test_clock_still_pauses() -> None:
+def test_clock_counts_running_time_and_leaves_paused_time_out() -> None:
     clock = Clock()
+    assert clock.seconds == 0.0
+
+    before = time.perf_counter()
     clock.start()
+    time.sleep(0.02)
     clock.pause()
-    frozen = clock.seconds
-    assert clock.seconds == frozen
+    first = clock.seconds
+    assert 0.02 <= first <= time.perf_counter() - before
+
+    time.sleep(0.02)  # an evaluation: paused time stays out
+    assert clock.seconds == first
+
+    before = time.perf_counter()
+    clock.start()
+    time.sleep(0.01)
+    clock.start()  # already running: does not restart the interval
+    time.sleep(0.01)
+    assert first + 0.02 <= clock.seconds <= first + time.perf_counter() - before

@@ -84,11 +84,13 @@ def test_state_dict_round_trip_reproduces_the_next_step(name: str) -> None:
         torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=f"{name}: {key} differs")
 
 
-def _suite(rule: str, hparams: dict[str, Any]) -> Suite:
+def _suite(
+    rule: str, hparams: dict[str, Any], task: str = "digits_mlp", options: dict[str, Any] | None = None
+) -> Suite:
     return Suite.model_validate(
         {
             "name": "contract",
-            "tasks": [{"name": "digits_mlp", "options": task_options("digits_mlp")}],
+            "tasks": [{"name": task, "options": task_options(task) if options is None else options}],
             "rules": [{"name": rule, "hparams": hparams}],
             "seeds": [0],
             "budget": {"steps": 1},
@@ -129,11 +131,16 @@ def test_search_space_stays_inside_the_hyperparameters(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", RULE_NAMES, ids=RULE_NAMES)
-def test_declares_what_list_shows(name: str) -> None:
+def test_list_shows_the_hyperparameters_a_run_gets_when_the_suite_names_none(name: str) -> None:
     rule = RULES.get(name)
     assert rule.description
     assert rule.reference
-    assert rule.defaults() == rule.hparams().model_dump(mode="json")
+    task = _supported_spec(rule)
+    implicit = expand(_suite(name, {}, task.task, task.task_options), Path("suite.yaml")).specs
+    assert [spec.hparams for spec in implicit] == [rule.defaults()]
+    # ... and a suite that writes out what `list` shows plans the very same run.
+    explicit = expand(_suite(name, rule.defaults(), task.task, task.task_options), Path("suite.yaml")).specs
+    assert [spec.run_id for spec in explicit] == [spec.run_id for spec in implicit]
 
 
 @pytest.mark.parametrize("name", [n for n in RULE_NAMES if RULES.get(n).data_parallel])
