@@ -93,6 +93,7 @@ def test_cli_writes_markdown_and_parquet(results: Path, capsys: pytest.CaptureFi
     assert len(table) == 2
     assert "leaderboard.md" in capsys.readouterr().out
     assert "(plots/digits_mlp.png)" in markdown
+    assert "**Selected on a test metric.**" in markdown  # these rows' target is test/accuracy
     assert (results / "board" / "plots" / "digits_mlp.png").stat().st_size > 1000
 
 

@@ -17,7 +17,7 @@ from scipy import stats
 from benchmark.leaderboard import write_leaderboard
 from benchmark.leaderboard.intervals import SIGNIFICANCE_RULE, paired_p_value, t_interval, t_intervals
 from benchmark.leaderboard.score import score_runs
-from benchmark.leaderboard.suite_scores import Dropped, integrated_scores, score_suite
+from benchmark.leaderboard.suite_scores import TAUS, Dropped, integrated_scores, profile, score_suite
 from benchmark.store import RUN_SCHEMA
 
 NEW_COLUMNS = [
@@ -227,7 +227,10 @@ def test_a_declared_selection_metric_chooses_and_the_best_is_tested_against_the_
 def test_the_integrated_score_is_algoperfs_normalised_area() -> None:
     # A is fastest on one task and 2x slower on the other, B the reverse, C never reaches the target.
     times = np.array([[100.0, 200.0], [200.0, 100.0], [math.inf, math.inf]])
-    assert integrated_scores(times) == pytest.approx([2.5 / 3, 2.5 / 3, 0.0], abs=2e-3)
+    assert integrated_scores(times) == pytest.approx([2.5 / 3, 2.5 / 3, 0.0])
+    rho = profile(times)  # the plotted curve: ½ below τ = 2, 1 from 2 on, for A and B
+    assert rho[0, TAUS < 2].tolist() == [0.5] * int((TAUS < 2).sum())
+    assert rho[1, TAUS >= 2].min() == 1.0
     assert integrated_scores(np.array([[1.0, 1.0], [5.0, 5.0]])) == pytest.approx([1.0, 0.0])
 
 
@@ -263,7 +266,7 @@ def test_cross_task_scores_per_track() -> None:
     assert summary.loc["agd", "track"] == "self_tuning"
     # Profile: sgd fastest everywhere; adamw 2x slower (within τ for τ ≥ 2); eg never reaches.
     assert summary.loc["sgd", "integrated"] == pytest.approx(1.0)
-    assert summary.loc["adamw", "integrated"] == pytest.approx(2 / 3, abs=2e-3)
+    assert summary.loc["adamw", "integrated"] == pytest.approx(2 / 3)
     assert summary.loc["eg", "integrated"] == 0.0
     assert summary.loc["sgd", "n_tasks"] == 3
     # agd: alone in its track, fastest on digits_mlp, dropped from cifar_cnn.

@@ -77,6 +77,12 @@ def _task_section(task: str, rows: pd.DataFrame) -> list[str]:
         + (f", chance {_fmt(first['chance'])}." if math.isfinite(first["chance"]) else "."),
         "",
     ]
+    if str(val).startswith("test/") and not bool(first["theory"]):
+        lines += [
+            "**Selected on a test metric.** These runs predate validation splits; rerun them "
+            "(`--rerun`, or a new `--results`) before trusting this section.",
+            "",
+        ]
     if bool(first["theory"]):
         lines += [
             "Theory task: it keeps its closed-form target and has no held-out split, so it is selected on "

@@ -204,20 +204,20 @@ def score_runs(runs: pa.Table) -> pd.DataFrame:
     seeds = seed_frame(runs_frame(runs))
     if seeds.empty:
         return pd.DataFrame(columns=LEADERBOARD_COLUMNS)
-    rows = [
-        _point(display_task, display, group, seeds[seeds["task_display"] == display_task])
-        for (display_task, display), group in seeds.groupby(["task_display", "rule_display"], sort=True)
-    ]
+    rows = []
+    for display_task, task_seeds in seeds.groupby("task_display", sort=True):
+        done = task_seeds[task_seeds["status"] != "failed"]
+        first = (done if not done.empty else task_seeds).iloc[0]
+        for display, group in task_seeds.groupby("rule_display", sort=True):
+            rows.append(_point(str(display_task), str(display), group, first))
     board = pd.DataFrame(rows)
     ranked = [_rank(board[board["task_display"] == task]) for task in _display_order(board)]
     return pd.concat(ranked, ignore_index=True)[LEADERBOARD_COLUMNS]
 
 
-def _point(display_task: str, display: str, group: pd.DataFrame, task_seeds: pd.DataFrame) -> dict[str, Any]:
-    """The aggregate row of one sweep point over its seeds."""
+def _point(display_task: str, display: str, group: pd.DataFrame, first: pd.Series) -> dict[str, Any]:
+    """The aggregate row of one sweep point over its seeds; ``first``: a run of the task that did not fail."""
     ok = group[group["status"] != "failed"]
-    done = task_seeds[task_seeds["status"] != "failed"]
-    first = (done if not done.empty else task_seeds).iloc[0]
     val, test = ok["val"].to_numpy(float), ok["test"].to_numpy(float)
     reached = np.isfinite(ok["clock_to_target"].to_numpy(float))
     finite_test = test[np.isfinite(test)]
@@ -260,10 +260,11 @@ def _point(display_task: str, display: str, group: pd.DataFrame, task_seeds: pd.
 def _rank(task_board: pd.DataFrame) -> pd.DataFrame:
     """Mark each entry's selected point, order selected points first, and test each against the best."""
     task_board = task_board.copy()
-
-    def key(index: Any) -> tuple[Any, ...]:
-        r = task_board.loc[index]
-        return selection_key(r["val_mean"], r["selection_mode"], r["lr"], r["rule_display"])
+    keys = {
+        r.Index: selection_key(r.val_mean, str(r.selection_mode), r.lr, str(r.rule_display))
+        for r in task_board.itertuples()
+    }
+    key = keys.__getitem__
 
     for _, points in task_board.groupby("entry"):
         selectable = [
