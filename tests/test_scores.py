@@ -322,3 +322,19 @@ def test_the_board_shows_selected_points_the_rule_and_the_cross_task_section(tmp
     stored = pd.read_parquet(tmp_path / "leaderboard.parquet")
     assert {"selected", "val_mean", "val_ci_low", "mean", "ci_high"} <= set(stored.columns)
     assert len(stored) == len(board)
+
+
+def test_rows_without_the_new_columns_are_scored_on_one_track_without_normalised_scores() -> None:
+    old = tuple(n for n, _ in NEW_COLUMNS)
+    rows = [
+        row(task, rule, s, entry=e, reach_at=50)
+        for task in ("a", "b")
+        for e, rule in enumerate(("sgd", "eg"))
+        for s in range(2)
+    ]
+    scores = score_suite(table(rows, without=old), score_runs(table(rows, without=old)), resamples=50)
+    assert scores.summary["track"].tolist() == ["tuned", "tuned"]
+    assert scores.summary["integrated"].tolist() == [1.0, 1.0]
+    assert scores.unnormalised_tasks == ["a", "b"]  # no chance value stored
+    assert scores.summary["iqm"].isna().all()
+    assert scores.improvement.empty
