@@ -170,11 +170,11 @@ def test_a_failed_seed_makes_a_point_unselectable_nan_ranks_last_ties_go_to_the_
     rows = [row(lr=1.0, seed=s, val=0.99, test=0.99) for s in range(2)]
     rows.append(row(lr=1.0, seed=2, status="failed"))  # the best point on validation, but a seed failed
     rows += [row(lr=0.5, seed=s, val=[0.7, math.nan, 0.7][s]) for s in range(3)]  # NaN mean
-    rows += [row(lr=lr, seed=s, val=0.6, test=t) for lr, t in ((0.3, 0.2), (0.1, 0.1)) for s in range(3)]
+    rows += [row(lr=lr, seed=s, val=0.6, test=t) for lr, t in ((0.3, 0.2), (1e-5, 0.1)) for s in range(3)]
     board = score_runs(table(rows))
-    assert board.loc[board["selected"], "rule_display"].tolist() == ["sgd[lr=0.1]"]
+    assert board.loc[board["selected"], "rule_display"].tolist() == ["sgd[lr=1e-05]"]
     # Unselectable points follow, by validation: the failed-seed point, then the NaN mean last.
-    assert board["rule_display"].tolist() == ["sgd[lr=0.1]", "sgd[lr=1]", "sgd[lr=0.3]", "sgd[lr=0.5]"]
+    assert board["rule_display"].tolist() == ["sgd[lr=1e-05]", "sgd[lr=1]", "sgd[lr=0.3]", "sgd[lr=0.5]"]
     assert board["rank"].tolist() == [1, 2, 3, 4]
 
 
@@ -294,7 +294,7 @@ def test_probability_of_improvement_and_the_significance_rule() -> None:
     eg = pairs.loc[("eg", "sgd")]
     assert eg["probability"] == pytest.approx((0.5 + 0.5 + 0.0) / 3)
     assert eg["low"] <= eg["probability"] <= eg["high"]
-    assert eg["verdict"] == "not separated (3 seeds)" or eg["verdict"].startswith("`sgd` beats `eg`")
+    assert eg["verdict"].startswith("`sgd` beats `eg` (p = ")  # eg scores 0 on the task it did not run
 
 
 def test_the_board_shows_selected_points_the_rule_and_the_cross_task_section(tmp_path: Path) -> None:
