@@ -1,12 +1,14 @@
-"""Leaderboards from the store: ranking, bootstrap intervals, divergence and failure counts."""
+"""Leaderboards from the store: selection, ranking, t intervals, divergence and failure counts."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from benchmark import store
 from benchmark.cli import main
@@ -66,9 +68,10 @@ def test_rules_are_ranked_with_intervals_and_counts(results: Path) -> None:
     assert list(board["rank"]) == [1, 2]
     adamw, sgd = board.iloc[0], board.iloc[1]
     assert adamw["mean"] == pytest.approx((0.96 + 0.97 + 0.90) / 3)
-    assert adamw["ci_low"] <= adamw["mean"] <= adamw["ci_high"]
-    assert adamw["ci_low"] >= 0.90 - 1e-9
-    assert adamw["ci_high"] <= 0.97 + 1e-9
+    half = stats.t.ppf(0.975, 2) * np.std([0.96, 0.97, 0.90], ddof=1) / np.sqrt(3)
+    assert (adamw["ci_low"], adamw["ci_high"]) == pytest.approx((adamw["mean"] - half, adamw["mean"] + half))
+    # sgd's only point has a failed seed: it cannot be selected.
+    assert (adamw["selected"], sgd["selected"]) == (True, False)
     assert (adamw["n_seeds"], adamw["n_diverged"], adamw["n_failed"]) == (3, 0, 0)
     assert adamw["reached_target"] == 2
     assert adamw["median_steps_to_target"] == 45
@@ -90,6 +93,7 @@ def test_cli_writes_markdown_and_parquet(results: Path, capsys: pytest.CaptureFi
     assert len(table) == 2
     assert "leaderboard.md" in capsys.readouterr().out
     assert "(plots/digits_mlp.png)" in markdown
+    assert "**Selected on a test metric.**" in markdown  # these rows' target is test/accuracy
     assert (results / "board" / "plots" / "digits_mlp.png").stat().st_size > 1000
 
 

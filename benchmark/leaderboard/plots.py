@@ -59,3 +59,27 @@ def save_figure(fig: Figure, path: Path) -> Path:
         plt.close(fig)
         os.replace(tmp, path)
     return path
+
+
+PROFILE_PLOT = "performance_profile.png"
+
+
+def plot_performance_profiles(profile: pd.DataFrame, path: Path) -> Path:
+    """Draw ρ(τ) against τ for every rule, one panel per track, the legend beside the data.
+
+    ``profile`` is :class:`~benchmark.leaderboard.suite_scores.SuiteScores`'s long ``profile`` frame.
+    """
+    tracks = sorted(profile["track"].unique())
+    fig, axes = plt.subplots(1, len(tracks), figsize=(6.4 * len(tracks), 4.0), dpi=120, squeeze=False)
+    for ax, track in zip(axes[0], tracks, strict=True):
+        for rule, group in profile[profile["track"] == track].groupby("entry_label", sort=True):
+            ax.step(group["tau"], group["rho"], where="post", label=str(rule), linewidth=1.5)
+        ax.set_title(f"track: {track}")
+        ax.set_xlabel("τ (time to target / fastest rule's)")
+        ax.set_ylabel("fraction of tasks within τ")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_figure(fig, path)
