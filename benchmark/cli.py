@@ -145,6 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     # MLflow's set-up runs on the tracker's thread while Ray starts; Tune loads after.
     args.results.mkdir(parents=True, exist_ok=True)
+    _record_dropped(args.results, suite.name, plan.dropped)
     tracker = _tracker(args, suite.name)
     resources, started_here = _connect(args)
     from benchmark.execute.cluster import shutdown_in_background
@@ -369,12 +370,22 @@ def _import_leaderboard() -> None:
     import benchmark.leaderboard.theory_plots  # noqa: F401
 
 
+def _record_dropped(results: Path, suite: str, dropped: Sequence[Any]) -> None:
+    """Keep the planner's dropped cells beside the runs: the cross-task scores count them as misses."""
+    from benchmark import store
+    from benchmark.rules import RULES
+
+    store.write_dropped(
+        results, suite, [(d.task, d.rule, d.reason, RULES.get(d.rule).track) for d in dropped]
+    )
+
+
 def _write_board(
     suite: str, results: Path, required: bool = False, only: set[str] | None = None
 ) -> tuple[Path, Path]:
     """Score and render the stored runs of ``suite`` (those in ``only``, when given)."""
     from benchmark import store
-    from benchmark.leaderboard import provenance_summary, score_runs, write_leaderboard
+    from benchmark.leaderboard import Dropped, provenance_summary, score_runs, score_suite, write_leaderboard
     from benchmark.leaderboard.score import runs_frame
     from benchmark.leaderboard.theory import TheoryView, implied_metric_table, theory_table
 
@@ -404,14 +415,18 @@ def _write_board(
 
         curves = curve_frame(frame, store.read_curves(results, suite).to_pandas())
         for task, rows in board.groupby("task_display"):
-            metric = str(rows["metric"].iloc[0])
-            plot_task_curves(str(task), metric, curves, folder / "plots" / plot_file(str(task)))
+            chosen = rows[rows["selected"].astype(bool)]
+            metric = str(rows["selection_metric"].iloc[0])
+            shown = curves[curves["rule_display"].isin(set(chosen["rule_display"]))]
+            plot_task_curves(str(task), metric, shown, folder / "plots" / plot_file(str(task)))
         from benchmark.tasks import TASKS
 
         declared = {name: info.theory_plots for name, info in TASKS.items()}
         figures = draw_theory_plots(frame, curves, declared, folder)
     view = TheoryView(theory_table(frame), implied_metric_table(frame), figures)
-    return write_leaderboard(folder, suite, board, runs.num_rows, provenance_summary(runs), view)
+    dropped = [Dropped(*cell) for cell in store.read_dropped(results, suite)]
+    scores = score_suite(runs, board, dropped)
+    return write_leaderboard(folder, suite, board, runs.num_rows, provenance_summary(runs), view, scores)
 
 
 if __name__ == "__main__":

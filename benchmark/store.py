@@ -90,6 +90,12 @@ CURVE_SCHEMA = pa.schema(
 )
 
 
+DROPPED_SCHEMA = pa.schema(
+    [("task", pa.string()), ("rule", pa.string()), ("reason", pa.string()), ("track", pa.string())]
+)
+"""The cells the planner left out of a suite's grid, and why: they count as not reaching the target."""
+
+
 def suite_dir(results: Path, suite: str) -> Path:
     return Path(results) / suite
 
@@ -172,6 +178,21 @@ def write_run(results: Path, spec: RunSpec, result: RunResult) -> Path:
     _write_atomic(curves, curves_dir(results, spec.suite) / f"{spec.run_id}.parquet")
     row = pa.Table.from_pylist([run_row(spec, result)], schema=RUN_SCHEMA)
     return _write_atomic(row, runs_dir(results, spec.suite) / f"{spec.run_id}.parquet")
+
+
+def write_dropped(results: Path, suite: str, cells: Iterable[tuple[str, str, str, str]]) -> Path:
+    """Record the suite's dropped (task, rule, reason, track) cells, replacing the previous record."""
+    rows = [dict(zip(DROPPED_SCHEMA.names, cell, strict=True)) for cell in dict.fromkeys(cells)]
+    table = pa.Table.from_pylist(rows, schema=DROPPED_SCHEMA)
+    return _write_atomic(table, suite_dir(results, suite) / "dropped.parquet")
+
+
+def read_dropped(results: Path, suite: str) -> list[tuple[str, str, str, str]]:
+    """The dropped cells the last ``run`` of the suite recorded (none if it recorded none)."""
+    path = suite_dir(results, suite) / "dropped.parquet"
+    if not path.is_file():
+        return []
+    return [tuple(row.values()) for row in pq.read_table(path, schema=DROPPED_SCHEMA).to_pylist()]
 
 
 def _write_atomic(table: pa.Table, path: Path) -> Path:

@@ -18,6 +18,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from benchmark.atomic import temporary_beside
+from benchmark.leaderboard.figures import rule_colours
 
 
 def plot_file(task_display: str) -> str:
@@ -30,24 +31,26 @@ def curve_frame(runs: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
 
     ``runs`` is :func:`benchmark.leaderboard.score.runs_frame`'s frame.
     """
-    ok = runs[runs["status"] != "failed"][["run_id", "task", "task_display", "rule_display", "seed"]]
+    ok = runs[runs["status"] != "failed"][["run_id", "task", "task_display", "rule", "rule_display", "seed"]]
     return curves.merge(ok, on="run_id", how="inner")
 
 
 def plot_task_curves(task: str, metric: str, frame: pd.DataFrame, path: Path) -> Path:
     """Plot ``metric`` against steps for every rule of the task variant ``task`` into ``path``."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    fig, ax = plt.subplots(figsize=(8.0, 4.0), dpi=120)
     rows = frame[(frame["task_display"] == task) & (frame["key"] == metric)]
-    for rule, group in rows.groupby("rule_display", sort=True):
+    colours = rule_colours(frame["rule"].astype(str)) if "rule" in frame else {}
+    for display, group in rows.groupby("rule_display", sort=True):
         stats = group.groupby("step")["value"].agg(["mean", "min", "max"]).reset_index()
-        (line,) = ax.plot(stats["step"], stats["mean"], label=str(rule), linewidth=1.5)
+        colour = colours.get(str(group["rule"].iloc[0])) if colours else None
+        (line,) = ax.plot(stats["step"], stats["mean"], label=str(display), linewidth=1.5, color=colour)
         ax.fill_between(stats["step"], stats["min"], stats["max"], color=line.get_color(), alpha=0.15)
     ax.set_title(task)
     ax.set_xlabel("step")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
-    if ax.has_data():
-        ax.legend(fontsize="small")
+    if ax.has_data():  # outside the axes, so it never covers a curve
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -55,7 +58,7 @@ def plot_task_curves(task: str, metric: str, frame: pd.DataFrame, path: Path) ->
 def save_figure(fig: Figure, path: Path) -> Path:
     """Write ``fig`` to ``path`` as PNG through a hidden temporary, so a reader never sees half a file."""
     with temporary_beside(path, ".png") as tmp:
-        fig.savefig(tmp)
+        fig.savefig(tmp, bbox_inches="tight")  # keeps a legend placed outside the axes
         plt.close(fig)
         os.replace(tmp, path)
     return path

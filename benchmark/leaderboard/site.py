@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from difflib import get_close_matches
@@ -23,8 +23,15 @@ import pandas as pd
 from benchmark import store
 from benchmark.atomic import temporary_beside
 from benchmark.errors import SpecError
-from benchmark.leaderboard.figures import curves_svg, rule_colours, sensitivity_points, sensitivity_svg
+from benchmark.leaderboard.figures import (
+    curves_svg,
+    profile_svg,
+    rule_colours,
+    sensitivity_points,
+    sensitivity_svg,
+)
 from benchmark.leaderboard.score import runs_frame, score_runs
+from benchmark.leaderboard.suite_scores import Dropped, SuiteScores, score_suite
 
 TEMPLATES = Path(__file__).with_name("templates")
 
@@ -40,23 +47,25 @@ class Column:
 
 
 TASK_COLUMNS = (
-    Column("rank", "rank", title="by the selection metric's mean over seeds"),
-    Column("rule", "rule_display"),
+    Column("rank", "rank", title="selected points first, by the selection metric's mean over seeds"),
+    Column("rule", "entry_label"),
+    Column("setting", "rule_display"),
     Column("validation", "val_mean", title="mean over seeds of the metric the point was selected by"),
     Column("validation 95% CI", "val_interval"),
-    Column(
-        "test", "test_mean", title="mean over seeds of the test form of the target, at the selected point"
-    ),
-    Column("test 95% CI", "test_interval"),
-    Column("final", "mean", title="mean over seeds of the target metric"),
-    Column("95% CI", "interval"),
+    Column("test", "mean", title="mean over seeds of the test form of the target, at the selected point"),
+    Column("test 95% CI", "interval", title="Student-t interval of the mean over seeds"),
     Column("seeds", "n_seeds"),
     Column("diverged", "n_diverged"),
     Column("failed", "n_failed"),
+    Column("reached target", "reached_target"),
     Column("steps to target", "median_steps_to_target"),
-    Column("forward passes to target", "median_passes_to_target"),
-    Column("seconds to target", "median_time_to_target_s", 3),
-    Column("vs best", "versus_best", title="one-sided paired test over shared seeds, p < 0.01"),
+    Column(
+        "clock to target",
+        "median_clock_to_target",
+        title="forward-equivalent passes where recorded, else steps",
+    ),
+    Column("seconds to target", "median_time_to_target_s", 3, title="training clock, evaluation paused"),
+    Column("vs best", "vs_best", title="one-sided paired t test over shared seeds; 'beats' needs p < 0.01"),
 )
 
 
@@ -72,6 +81,43 @@ class TaskSection:
     theory: bool = False
 
 
+SUMMARY_COLUMNS = (
+    Column("rule", "entry_label"),
+    Column("tasks", "n_tasks"),
+    Column("reached target", "n_reached", title="tasks on which the rule's median seed reached the target"),
+    Column("integrated profile score", "integrated", 3, title="AlgoPerf: ∫ρ(τ)dτ over τ ∈ [1, 4], ÷ 3"),
+    Column("95% CI", "integrated_interval", 3),
+    Column("IQM normalised score", "iqm", 3, title="0 at chance, 1 at the suite's best; interquartile mean"),
+    Column("IQM 95% CI", "iqm_interval", 3),
+)
+IMPROVEMENT_COLUMNS = (
+    Column("X", "x"),
+    Column("Y", "y"),
+    Column("P(X > Y)", "probability", 3),
+    Column("95% CI", "interval", 3),
+    Column("p (one-sided)", "p", 3),
+    Column("seeds", "n_seeds"),
+    Column("verdict", "verdict"),
+)
+
+
+@dataclass(slots=True)
+class Table:
+    columns: list[Column]
+    rows: list[list[tuple[str, str]]]
+
+
+@dataclass(slots=True)
+class TrackSection:
+    """One scoring track (tuned, or self-tuning) of the cross-task scores."""
+
+    name: str
+    summary: Table
+    improvement: Table
+    profile: str
+    missing: list[str]
+
+
 @dataclass(slots=True)
 class SuitePage:
     name: str
@@ -79,7 +125,8 @@ class SuitePage:
     n_runs: int
     tasks: list[TaskSection]
     provenance: list[tuple[str, str]]
-    cross_task: str = ""
+    tracks: list[TrackSection] = field(default_factory=list)
+    cross_task_notes: list[str] = field(default_factory=list)
     generated: str = ""
 
 
@@ -109,16 +156,8 @@ def check_suites(suites: Sequence[str], results: Path) -> None:
             raise SpecError(store.runs_dir(results, suite), "suite", f"stored runs of suite {suite!r}", why)
 
 
-def publish(
-    suites: Sequence[str],
-    results: Path,
-    out: Path,
-    extra: Callable[[str, pd.DataFrame, pd.DataFrame], str] | None = None,
-) -> list[Path]:
-    """Write ``index.html`` and one page per suite into ``out``; returns the pages written.
-
-    ``extra(suite, runs, board)`` may add HTML to a suite page (the cross-task scores).
-    """
+def publish(suites: Sequence[str], results: Path, out: Path) -> list[Path]:
+    """Write ``index.html`` and one page per suite into ``out``; returns the pages written."""
     check_suites(suites, results)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -129,8 +168,10 @@ def publish(
     pages: list[SuitePage] = []
     for suite in suites:
         frame = frames[suite]
-        board = score_runs(store.read_runs(results, suite))
+        runs = store.read_runs(results, suite)
+        board = score_runs(runs)
         curves = store.read_curves(results, suite).to_pandas()
+        scores = score_suite(runs, board, [Dropped(*cell) for cell in store.read_dropped(results, suite)])
         page = SuitePage(
             name=suite,
             file=f"{suite}.html",
@@ -140,7 +181,8 @@ def publish(
                 for task in board["task_display"].drop_duplicates()
             ],
             provenance=provenance_rows(frame),
-            cross_task=extra(suite, frame, board) if extra else "",
+            tracks=_track_sections(scores, colours, frame),
+            cross_task_notes=_cross_task_notes(scores),
             generated=generated,
         )
         _copy_theory_images(page, results, out)
@@ -152,6 +194,74 @@ def publish(
     index = env.get_template("index.html").render(suites=pages, generated=generated)
     written.append(_write_text(out / "index.html", index))
     return written
+
+
+def _track_sections(scores: SuiteScores, colours: dict[str, str], frame: pd.DataFrame) -> list[TrackSection]:
+    """The cross-task tables and the performance profile of each track."""
+    rule_of = _rule_of_entry(frame)
+    sections = []
+    for track, summary in scores.summary.groupby("track", sort=True):
+        profile = scores.profile[scores.profile["track"] == track].rename(
+            columns={"entry_label": "rule", "rho": "fraction"}
+        )
+        entry_colours = {str(e): colours.get(rule_of.get(str(e), str(e)), "#444444") for e in profile["rule"]}
+        pairs = scores.improvement[scores.improvement["track"] == track].rename(
+            columns={"low": "ci_low", "high": "ci_high"}
+        )
+        cells = scores.cells[(scores.cells["track"] == track) & (scores.cells["why"] != "")]
+        summary = summary.rename(
+            columns={
+                "integrated_low": "integrated_ci_low",
+                "integrated_high": "integrated_ci_high",
+                "iqm_low": "iqm_ci_low",
+                "iqm_high": "iqm_ci_high",
+            }
+        )
+        sections.append(
+            TrackSection(
+                name=str(track).replace("_", "-"),
+                summary=Table(
+                    list(SUMMARY_COLUMNS), [_cells(r, list(SUMMARY_COLUMNS)) for _, r in summary.iterrows()]
+                ),
+                improvement=Table(
+                    list(IMPROVEMENT_COLUMNS),
+                    [_cells(r, list(IMPROVEMENT_COLUMNS)) for _, r in pairs.iterrows()],
+                ),
+                profile=profile_svg(
+                    profile,
+                    entry_colours,
+                    str(scores.cells["clock"].iloc[0]) if len(scores.cells) else "steps",
+                )
+                if not profile.empty
+                else "",
+                missing=[f"{r.entry_label} on {r.task_display}: {r.why}" for r in cells.itertuples()],
+            )
+        )
+    return sections
+
+
+def _rule_of_entry(frame: pd.DataFrame) -> dict[str, str]:
+    """Entry label → rule name, so an entry is drawn in its rule's colour."""
+    if "entry_label" not in frame:
+        return {}
+    return dict(zip(frame["entry_label"].astype(str), frame["rule"].astype(str), strict=False))
+
+
+def _cross_task_notes(scores: SuiteScores) -> list[str]:
+    notes = []
+    if scores.theory_tasks:
+        notes.append(
+            "Theory tasks are shown below but not scored across tasks: "
+            + ", ".join(scores.theory_tasks)
+            + "."
+        )
+    if scores.unnormalised_tasks:
+        notes.append(
+            "Left out of normalised scores (no chance value stored, or no rule above it): "
+            + ", ".join(scores.unnormalised_tasks)
+            + "."
+        )
+    return notes
 
 
 def _environment() -> jinja2.Environment:
