@@ -97,8 +97,8 @@ def _indices(images: Tensor) -> set[int]:
     return set((pixels[:, 0] * 256 + pixels[:, 1]).tolist())
 
 
-def _image_data(arrays: ImageArrays, **kwargs: object) -> DeviceImageData:
-    return DeviceImageData(arrays, (0.0,), (1.0,), 500, 1000, CPU, augment=False, **kwargs)  # type: ignore[arg-type]
+def _image_data(arrays: ImageArrays) -> DeviceImageData:
+    return DeviceImageData(arrays, (0.0,), (1.0,), 500, 1000, CPU, augment=False)
 
 
 def _pixels(batch: Tensor) -> Tensor:
