@@ -33,7 +33,7 @@ def test_round_trip(tmp_path: Path, trained: tuple[RunSpec, train.RunResult]) ->
     assert row["torch_version"]
     assert row["hostname"]
     assert row["package_version"]
-    assert row["target_metric"] == "test/accuracy"
+    assert row["target_metric"] == "val/accuracy"
     curves = store.read_curves(tmp_path, spec.suite).to_pylist()
     assert {(c["step"], c["key"]) for c in curves} >= {(0, "test/accuracy"), (20, "test/loss")}
     assert store.done_ids(tmp_path, spec.suite) == {spec.run_id}

@@ -1,4 +1,13 @@
-"""What a task is: its registry entry, its data protocol and the shared pieces of small tasks."""
+"""What a task is: its registry entry, its data protocol and the shared pieces of small tasks.
+
+Held-out evaluation (the protocol of every task but the theory tasks): a task has train, validation
+and test splits. The validation split is held out of the training data once, by :func:`holdout`
+with a fixed seed, never by the run's seed, so that every rule and every seed is selected on the
+same examples. At every evaluation such a task reports ``val/<metric>`` beside each
+``test/<metric>``; its target and selection metric are ``val/`` metrics, and test metrics are only
+reported, never used to choose. Theory tasks (``theory=True``) compare runs with a closed form
+that a held-out split would change, and keep their own targets.
+"""
 
 from __future__ import annotations
 
@@ -42,6 +51,29 @@ class Resources:
     ddp_workers: int = 0
 
 
+VALIDATION_SEED = 0
+"""Seed of every held-out validation split: fixed, so the split does not depend on the run's seed."""
+
+
+def holdout(n: int, size: int, seed: int = VALIDATION_SEED) -> tuple[Tensor, Tensor]:
+    """Split ``range(n)`` into training and validation indices, the same on every call.
+
+    ``size`` indices are drawn without replacement by a generator seeded with ``seed`` (not the
+    run's), so every run of every rule holds out the same examples. The training indices come in
+    increasing order (the data stream shuffles them); the validation indices in the drawn order,
+    so any prefix of them is a uniform sample (ImageNet's ``eval_batches`` reads a prefix).
+
+    Raises:
+        ValueError: ``size`` is not in ``[1, n)``, which would leave no validation or no training data.
+    """
+    if not 0 < size < n:
+        raise ValueError(
+            f"a validation split of {size} examples out of {n} leaves nothing to train or to validate on"
+        )
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[size:].sort().values, order[:size]
+
+
 class TaskData:
     """A task's data on the run's device: an endless stream of training batches and an evaluation."""
 
@@ -69,12 +101,23 @@ class TaskInfo:
         load_data: ``load_data(options, device) -> TaskData``.
         loss: ``loss(output, target) -> scalar``.
         metrics: the evaluation metrics it reports.
-        target: the score that counts as solved, and its source.
+        target: the score that counts as solved, and its source; a ``val/`` metric unless ``theory``.
+        chance: the value of the target metric for a model that learned nothing: the expected
+            accuracy of a uniformly random guess (1/C for C classes) for accuracy targets, or the
+            task's stated no-learning value (e.g. a relative loss of 1 at initialisation); the
+            cross-task score puts 0 there.
         eval_every: default steps between evaluations, when the suite's budget leaves it open.
         resources: what one run needs, or ``resources(options) -> Resources`` where an option
             changes it (a GPU for grokking's transformer, none for its quadratic net).
         reference: where the setting comes from.
         theory_plots: plots of the runs against the task's closed form, drawn on the leaderboard.
+        theory: a theory task: its metrics are compared with a closed form that a held-out split
+            would change, so it has no validation split and keeps its own target.
+        selection: the metric that picks a rule's sweep point; None selects by ``target``. A ``val/``
+            metric unless ``theory``; its ``value`` is a reference level only (selection ranks by
+            the metric, going ``mode``).
+        validation: one line on the validation split for ``synapsebench list`` (its size at the
+            default options, and how it is held out); empty for theory tasks.
     """
 
     name: str
@@ -86,10 +129,19 @@ class TaskInfo:
     loss: LossFn
     metrics: tuple[str, ...]
     target: Target
+    chance: float
     eval_every: int
     resources: Resources | Callable[[Any], Resources] = Resources()
     reference: str = ""
     theory_plots: tuple[TheoryPlot, ...] = ()
+    theory: bool = False
+    selection: Target | None = None
+    validation: str = ""
+
+    @property
+    def selected_by(self) -> Target:
+        """The metric that picks a rule's sweep point: ``selection``, else ``target``."""
+        return self.target if self.selection is None else self.selection
 
     def defaults(self) -> dict[str, Any]:
         return self.options().model_dump(mode="json")
@@ -133,7 +185,9 @@ def mlp(sizes: list[int], activation: type[nn.Module] = nn.ReLU, bias: bool = Tr
 class TensorClassification(TaskData):
     """A small classification data set held on the device as tensors; no DataLoader.
 
-    Batches are drawn epoch by epoch without replacement, in an order set by the data stream.
+    The validation split is as large as the test set and held out of the training examples by
+    :func:`holdout` (fixed, the same for every run). Batches are drawn from the remaining training
+    examples epoch by epoch without replacement, in an order set by the data stream.
     """
 
     def __init__(
@@ -143,8 +197,13 @@ class TensorClassification(TaskData):
         batch_size: int,
         device: torch.device,
     ) -> None:
-        self.train_x, self.train_y = (t.to(device) for t in train)
-        self.test_x, self.test_y = (t.to(device) for t in test)
+        x, y = train
+        keep, held = holdout(len(x), len(test[0]))
+        self.train_x, self.train_y = x[keep].to(device), y[keep].to(device)
+        self.splits = {
+            "val": (x[held].to(device), y[held].to(device)),
+            "test": (test[0].to(device), test[1].to(device)),
+        }
         self.batch_size = min(batch_size, len(self.train_x))
         self.device = device
 
@@ -158,21 +217,19 @@ class TensorClassification(TaskData):
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
+        """``train/loss`` on the training split; loss and accuracy on the validation and test splits."""
         was_training = model.training
         model.eval()
-        train_loss = nn.functional.cross_entropy(model(self.train_x), self.train_y)
-        logits = model(self.test_x)
-        test_loss = nn.functional.cross_entropy(logits, self.test_y)
-        accuracy = (logits.argmax(dim=1) == self.test_y).float().mean()
+        metrics = {"train/loss": float(nn.functional.cross_entropy(model(self.train_x), self.train_y))}
+        for split, (x, y) in self.splits.items():
+            logits = model(x)
+            metrics[f"{split}/loss"] = float(nn.functional.cross_entropy(logits, y))
+            metrics[f"{split}/accuracy"] = float((logits.argmax(dim=1) == y).float().mean())
         model.train(was_training)
-        return {
-            "train/loss": float(train_loss),
-            "test/loss": float(test_loss),
-            "test/accuracy": float(accuracy),
-        }
+        return metrics
 
 
-CLASSIFICATION_METRICS = ("train/loss", "test/loss", "test/accuracy")
+CLASSIFICATION_METRICS = ("train/loss", "val/loss", "val/accuracy", "test/loss", "test/accuracy")
 
 
 def cross_entropy(output: Tensor, target: Tensor) -> Tensor:

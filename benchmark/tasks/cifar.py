@@ -3,13 +3,15 @@
 Data: CIFAR-10/100 (50,000 train / 10,000 test, 32×32 RGB), read by ``torchvision.datasets.CIFAR10``
 / ``CIFAR100`` from ``<data root>/cifar-10-batches-py`` / ``cifar-100-python`` and held on the
 device; random crop (padding 4) and horizontal flip on the device, per-channel normalisation (as
-jxbz/agd's ``data/cifar*.py``).
+jxbz/agd's ``data/cifar*.py``). Validation: 5,000 of the 50,000 official training images, held out
+once with a fixed seed, the same for every run; 45,000 are trained on; the official test set is test.
 Models: :mod:`benchmark.tasks.vision_models`; ``bias: false`` gives the bias-free, affine-free
 networks the paper trains with every rule.
-Targets (test accuracy): the AGD paper's own numbers where it has one for the pair (AGD, arXiv
+Targets (validation accuracy, at the level of the papers' test accuracies): the AGD paper's own
+numbers where it has one for the pair (Bernstein et al. 2023, "Automatic Gradient Descent", arXiv
 2304.05187: FCN d16 w512 CIFAR-10 52.7, ResNet-18 CIFAR-10 91.2, VGG-16 CIFAR-100 67.4), else the
-architecture's source (kuangliu/pytorch-cifar README: VGG-16 CIFAR-10 92.64; weiaicunzai/pytorch-cifar100
-README: ResNet-18 CIFAR-100 top-1 error 24.39, i.e. 75.6).
+architecture's source (kuangliu/pytorch-cifar README: VGG-16 CIFAR-10 92.64;
+weiaicunzai/pytorch-cifar100 README: ResNet-18 CIFAR-100 top-1 error 24.39, i.e. 75.6).
 """
 
 from __future__ import annotations
@@ -39,12 +41,13 @@ from benchmark.tasks.vision_data import (
     data_root,
     read_dataset,
     synthetic_arrays,
+    validation_note,
 )
 from benchmark.tasks.vision_models import cifar_resnet18, cifar_vgg16, fcn
 
 IMAGE_SIZE = 32
 CHANNELS = 3
-STEPS_PER_EPOCH = 390  # 50,000 / 128, the paper's batch size
+STEPS_PER_EPOCH = 390  # 50,000 / 128, the paper's batch size (an evaluation per paper epoch)
 AGD_PAPER = "https://arxiv.org/abs/2304.05187"
 
 Dataset = Literal["CIFAR10", "CIFAR100"]
@@ -126,10 +129,12 @@ def _task(
         load_data=_loader(dataset),
         loss=cross_entropy,
         metrics=CLASSIFICATION_METRICS,
-        target=Target("test/accuracy", target, "max"),
+        target=Target("val/accuracy", target, "max"),
+        chance=1 / NUM_CLASSES[dataset],
         eval_every=STEPS_PER_EPOCH,
         resources=Resources(cpus=1, gpus=gpus),
         reference=source,
+        validation=validation_note(50_000),
     )
 
 

@@ -6,7 +6,7 @@ Data: whitened inputs (the ``n`` basis vectors, so ``Σ¹¹ = Σ_μ x xᵀ = I``
 Model: ``y = W³² W²¹ x``, no biases, ``hidden`` units. Loss: the paper's **summed** squared error
 ``½ Σ_μ ‖y_μ − ŷ_μ‖²`` (not a mean), one full batch per step.
 
-Reference (the paper's eq. 12; references/dynamics.md §2). With the decoupled, balanced init
+Reference (the paper's eq. 12). With the decoupled, balanced init
 ``W³² = U D Rᵀ``, ``W²¹ = R D Vᵀ``, ``D = √u₀ I`` and ``R`` a random orthogonal matrix, gradient descent at
 rate ``λ`` (time constant ``τ = 1/λ``, time counted in steps) moves mode ``k``'s strength
 ``u_k = u_kᵀ W³² W²¹ v_k`` as
@@ -227,6 +227,8 @@ SAXE_MODES = TaskInfo(
     loss=summed_squared_error,
     metrics=("train/loss", "train/relative_loss", "theory/rel_error", "theory/max_rel_error"),
     target=Target("train/relative_loss", 0.01, "min"),
+    chance=1.0,  # the loss at W = 0
+    theory=True,
     eval_every=10,
     resources=Resources(cpus=1, gpus=0),
     reference="https://arxiv.org/abs/1312.6120",

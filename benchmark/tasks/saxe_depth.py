@@ -281,6 +281,8 @@ SAXE_DEPTH = TaskInfo(
         "theory/steps_to_threshold",
     ),
     target=Target("train/relative_loss", 0.01, "min"),
+    chance=1.0,  # the loss at W = 0
+    theory=True,
     eval_every=10,
     resources=Resources(cpus=1, gpus=0),
     reference="https://arxiv.org/abs/1312.6120",

@@ -12,7 +12,7 @@ Two models (option ``model``):
 - ``mlp``: a ``dim → width → 1`` tanh net on a fixed regression set (``samples`` Gaussian inputs, a
   random tanh teacher, ``data_seed``), ½·mean squared error, full batch. At each evaluation the top
   Hessian eigenvalue (``theory/sharpness``) is measured by power iteration on Hessian-vector products.
-  Linear stability of GD (Wu & Su 2023, references/dynamics.md §5) keeps it at most ``2/η`` at a
+  Linear stability of GD (Wu & Su 2023, arXiv 2305.17490) keeps it at most ``2/η`` at a
   minimum GD can stay at; check: ``theory/sharpness_ratio = sharpness · η/2 ≤ 1.05`` at the end
   (the issue's ``2.1/lr``).
 
@@ -187,6 +187,8 @@ STABILITY_THRESHOLD = TaskInfo(
     loss=stability_loss,
     metrics=("train/loss", "train/relative_loss", "theory/sharpness", "theory/sharpness_ratio"),
     target=Target("train/relative_loss", 1e-3, "min"),
+    chance=1.0,  # the loss at initialisation
+    theory=True,
     eval_every=20,
     resources=Resources(cpus=1, gpus=0),
     reference="https://arxiv.org/abs/2305.17490",

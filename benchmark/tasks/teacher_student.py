@@ -4,8 +4,8 @@ Data (drawn per seed from the data stream): ``P = round(alpha·n)`` inputs ``x ~
 ``w̄ ~ N(0, teacher_std²)``, labels ``y = w̄·x + ε`` with ``ε ~ N(0, σ_ε²)``, ``σ_ε² = teacher_std²/snr``.
 Model: ``ŷ = w·x`` (no bias), ``w₀ ~ N(0, init_std²)``, float64. Loss: ``½ Σ_μ (y_μ − ŷ_μ)²`` (a sum).
 
-The test error is exact, not sampled: ``E_g = ‖w − w̄‖²/n + σ_ε²``. References (references/dynamics.md §3),
-for gradient descent at ``reference_lr = η``:
+The test error is exact, not sampled: ``E_g = ‖w − w̄‖²/n + σ_ε²``. References (Advani & Saxe 2017,
+arXiv 1710.03667), for gradient descent at ``reference_lr = η``:
 
 - **per run**, from the eigen-decomposition ``XᵀX = Q diag(λ) Qᵀ`` of this seed's data, with
   ``z = w − w̄`` and ``ε̃ = Qᵀ Xᵀ ε``:
@@ -210,6 +210,9 @@ TEACHER_STUDENT = TaskInfo(
         "theory/max_rel_error",
     ),
     target=Target("test/excess_ratio", 1.5, "min"),
+    # w = 0: E_g = teacher_std² + σ_ε², i.e. 1 + snr in units of σ_ε² (6 at the default snr 5).
+    chance=1 + TeacherStudentOptions().snr,
+    theory=True,
     eval_every=50,
     resources=Resources(cpus=1, gpus=0),
     reference="https://arxiv.org/abs/1710.03667",

@@ -7,6 +7,11 @@ dataset classes and downloaded only when the task option ``download: true`` is s
 
 MNIST and CIFAR are small enough to live on the device as uint8 tensors: each training batch is
 gathered, randomly cropped and flipped there, with no per-batch DataLoader or host copy.
+
+Validation: :data:`VALIDATION_IMAGES` (5,000) of the official training images are held out once
+by :func:`~benchmark.tasks.base.holdout` (a fixed seed, the same for every run) and never trained
+on; the official test set is the test split. A training set under 50,000 images (synthetic data,
+test fixtures) holds out a tenth of its images instead.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from benchmark.tasks.base import TaskData, TaskOptions
+from benchmark.tasks.base import TaskData, TaskOptions, holdout
 from benchmark.types import Batch
 
 if TYPE_CHECKING:
@@ -33,6 +38,8 @@ DEFAULT_DATA_ROOT = Path("~/.cache/synapsebench/data")
 SYNTHETIC_TRAIN = 512
 SYNTHETIC_TEST = 32
 TRAIN_EVAL_SIZE = 10_000
+VALIDATION_IMAGES = 5000
+"""Training images held out for validation (CIFAR: 5,000 of 50,000; MNIST: 5,000 of 60,000)."""
 
 # Per-channel statistics of the training sets (the values used by jxbz/agd's data/*.py and by
 # torchvision's reference scripts).
@@ -139,6 +146,18 @@ def read_dataset(dataset: str, root: str, download: bool, verify_checksums: bool
     return ImageArrays(images(train), labels(train), images(test), labels(test), len(train.classes))
 
 
+def validation_size(num_train: int, size: int = VALIDATION_IMAGES) -> int:
+    """Images to hold out of ``num_train``: ``size``, or a tenth of a set too small to spare it."""
+    return min(size, num_train // 10)
+
+
+def validation_note(num_train: int) -> str:
+    """The validation split in one line, for ``synapsebench list``."""
+    return (
+        f"{VALIDATION_IMAGES:,} of the {num_train:,} official training images, fixed: the same for every seed"
+    )
+
+
 def synthetic_arrays(channels: int, size: int, num_classes: int) -> ImageArrays:
     """Random uint8 images and labels of a data set's shape, the same every time (seed 0)."""
     gen = torch.Generator().manual_seed(0)
@@ -177,10 +196,12 @@ def crop_flip(images: Tensor, offsets: Tensor, flips: Tensor, padding: int) -> T
 class DeviceImageData(TaskData):
     """An image classification data set held on the device as uint8; batches are built there.
 
-        Each epoch is a permutation drawn from the data stream's generator. Augmentation (random crop
-        with ``padding`` and horizontal flip) draws its offsets from the same generator, so a seed fixes
-        the whole input sequence. Evaluation runs over the test set, and over a fixed subset of at most
-    10,000 training images for ``train/loss``, in chunks of ``eval_batch_size``.
+    ``validation`` training images (:func:`validation_size`) are held out by
+    :func:`~benchmark.tasks.base.holdout` as the validation split; the rest are trained on. Each
+    epoch is a permutation drawn from the data stream's generator. Augmentation (random crop with
+    ``padding`` and horizontal flip) draws its offsets from the same generator, so a seed fixes the
+    whole input sequence. Evaluation runs over the validation and test sets, and over a fixed subset
+    of at most 10,000 training images for ``train/loss``, in chunks of ``eval_batch_size``.
     """
 
     def __init__(
@@ -195,11 +216,16 @@ class DeviceImageData(TaskData):
         padding: int = 4,
         memory_format: torch.memory_format = torch.contiguous_format,
         top5: bool = False,
+        validation: int | None = None,
     ) -> None:
-        self.train_x = arrays.train_x.to(device)
-        self.train_y = arrays.train_y.to(device)
-        self.test_x = arrays.test_x.to(device)
-        self.test_y = arrays.test_y.to(device)
+        n = len(arrays.train_x)
+        keep, held = holdout(n, validation_size(n) if validation is None else validation)
+        self.train_x = arrays.train_x[keep].to(device)
+        self.train_y = arrays.train_y[keep].to(device)
+        self.splits = {
+            "val": (arrays.train_x[held].to(device), arrays.train_y[held].to(device)),
+            "test": (arrays.test_x.to(device), arrays.test_y.to(device)),
+        }
         self.batch_size = min(batch_size, len(self.train_x))
         self.eval_batch_size = eval_batch_size
         self.augment = augment
@@ -210,9 +236,9 @@ class DeviceImageData(TaskData):
         self.mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1)
         # train/loss is measured on a fixed random subset no larger than the test set (and at most
-        # 10,000 images), so an evaluation costs at most twice the test pass; all 50,000 CIFAR
-        # training images would make it 6×.
-        size = min(TRAIN_EVAL_SIZE, len(self.test_x))
+        # 10,000 images), so it costs at most one test pass; all 45,000 CIFAR training images
+        # would make it 4.5×.
+        size = min(TRAIN_EVAL_SIZE, len(arrays.test_x), len(self.train_x))
         subset = torch.randperm(len(self.train_x), generator=torch.Generator().manual_seed(0))
         self.train_eval_idx = subset[:size].to(device)
 
@@ -252,15 +278,17 @@ class DeviceImageData(TaskData):
         return float(loss_sum) / n, float(correct) / n, float(correct5) / n
 
     def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
-        """Test loss and accuracy, and ``train/loss`` on a fixed subset of un-augmented training images."""
+        """Validation and test loss and accuracy, and ``train/loss`` on un-augmented training images."""
         was_training = model.training
         model.eval()
         train_loss, _, _ = self._score(
             model, self.train_x[self.train_eval_idx], self.train_y[self.train_eval_idx]
         )
-        test_loss, accuracy, top5 = self._score(model, self.test_x, self.test_y)
+        metrics = {"train/loss": train_loss}
+        for split, (images, labels) in self.splits.items():
+            loss, accuracy, top5 = self._score(model, images, labels)
+            metrics |= {f"{split}/loss": loss, f"{split}/accuracy": accuracy}
+            if self.top5:
+                metrics[f"{split}/top5"] = top5
         model.train(was_training)
-        metrics = {"train/loss": train_loss, "test/loss": test_loss, "test/accuracy": accuracy}
-        if self.top5:
-            metrics["test/top5"] = top5
         return metrics

@@ -54,4 +54,28 @@ def test_declares_what_the_planner_and_leaderboard_need(name: str) -> None:
     assert info.eval_every > 0
     assert info.target.mode in ("max", "min")
     assert info.resources_for(info.test_options).cpus > 0
-    assert info.defaults() == info.options().model_dump(mode="json")
+    assert info.selected_by.metric in info.metrics
+    assert not info.target.reached(info.chance), f"{name}: a model at chance would count as solved"
+
+
+HELD_OUT = [name for name in TASK_NAMES if not TASKS.get(name).theory]
+
+
+@pytest.mark.parametrize("name", HELD_OUT, ids=HELD_OUT)
+def test_held_out_tasks_choose_on_validation_and_report_test_beside_it(name: str) -> None:
+    info = TASKS.get(name)
+    assert info.target.metric.startswith("val/")
+    assert info.selected_by.metric.startswith("val/"), "nothing chooses by a test metric"
+    assert info.validation, "synapsebench list shows the validation split"
+    for metric in info.metrics:
+        if metric.startswith("test/"):
+            assert "val/" + metric.removeprefix("test/") in info.metrics, f"{metric} has no val/ twin"
+
+
+@pytest.mark.parametrize("name", HELD_OUT, ids=HELD_OUT)
+def test_an_untrained_model_scores_about_chance(name: str) -> None:
+    """``chance`` is what a model that learned nothing scores (the cross-task score's zero)."""
+    info, options = _options(name)
+    model = info.build_model(options, torch.Generator().manual_seed(0))
+    scored = info.load_data(options, torch.device("cpu")).evaluate(model, step=0)[info.target.metric]
+    assert scored == pytest.approx(info.chance, abs=0.2)

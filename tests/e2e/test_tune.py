@@ -29,13 +29,13 @@ def test_tune_writes_the_best_trial_and_a_suite_can_use_it(tmp_path: Path) -> No
     assert all(yaml.safe_load(t["hparams_json"])["momentum"] == 0.9 for t in trials), (
         "fixed values stay fixed"
     )
-    best = max(trials, key=lambda t: dict(t["final"])["test/accuracy"])
+    best = max(trials, key=lambda t: dict(t["final"])["val/accuracy"])
 
     tuned = yaml.safe_load((tmp_path / "tuned" / "tuneme" / "sgd.yaml").read_text())
     assert tuned["rule"] == "sgd"
     cell = tuned["tasks"]["digits_mlp"]
     assert cell["hparams"] == yaml.safe_load(best["hparams_json"])
-    assert cell["value"] == pytest.approx(dict(best["final"])["test/accuracy"])
+    assert cell["value"] == pytest.approx(dict(best["final"])["val/accuracy"])
     assert cell["trials"] == 3
 
     suite_dict["rules"] = [{"name": "sgd", "tuned": "tuned/tuneme/sgd.yaml"}]

@@ -99,7 +99,7 @@ def test_eg_networks_lose_less_accuracy_under_pruning() -> None:
     ]
     auc: dict[str, dict[int, float]] = defaultdict(dict)
     for _, _, rule, _, seed, final in _run_all(jobs):
-        auc[rule][seed] = final["prune/auc"]
+        auc[rule][seed] = final["test/prune_auc"]
     mean, low, high = _paired_difference(auc["eg_sgd"], auc["sgd"])
     eg, gd = np.mean(list(auc["eg_sgd"].values())), np.mean(list(auc["sgd"].values()))
     print(f"prune/auc: EG {eg:.3f}, GD {gd:.3f}, difference {mean:+.3f}, 95% CI [{low:+.3f}, {high:+.3f}]")

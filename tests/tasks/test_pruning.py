@@ -66,13 +66,18 @@ def test_pruning_curve_is_sane_and_leaves_the_model_intact() -> None:
     before = {k: v.clone() for k, v in model.state_dict().items()}
     curve = data.pruning_curve(model)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    accs = [curve[accuracy_key(f)] for f in o.fractions]
-    assert all(0.0 <= a <= 1.0 for a in accs)
-    assert min(accs) <= curve["prune/auc"] <= max(accs)
-    assert curve["prune/auc"] == pytest.approx(area_under_curve(o.fractions, accs))
-    # Pruning nothing is the plain test accuracy.
+    for split in ("val", "test"):
+        accs = [curve[accuracy_key(split, f)] for f in o.fractions]
+        assert all(0.0 <= a <= 1.0 for a in accs)
+        assert min(accs) <= curve[f"{split}/prune_auc"] <= max(accs)
+        assert curve[f"{split}/prune_auc"] == pytest.approx(area_under_curve(o.fractions, accs))
+    # Pruning nothing is the plain accuracy of each split.
     whole = PruningData(PruningOptions(num_samples=600, width=32, fractions=(0.0, 0.5)), torch.device("cpu"))
-    assert whole.pruning_curve(model)["prune/acc_0"] == pytest.approx(data.accuracy(model))
+    metrics = data.evaluate(model, step=0)
+    for split in ("val", "test"):
+        assert whole.pruning_curve(model)[f"{split}/prune_acc_0"] == pytest.approx(
+            metrics[f"{split}/accuracy"]
+        )
 
 
 def test_prunes_only_weight_matrices() -> None:
@@ -81,7 +86,7 @@ def test_prunes_only_weight_matrices() -> None:
 
 
 def test_metric_names_are_ones_mlflow_accepts() -> None:
-    assert re.fullmatch(r"[\w\-. :/]+", accuracy_key(0.975))
+    assert re.fullmatch(r"[\w\-. :/]+", accuracy_key("val", 0.975))
 
 
 def test_a_run_reports_the_curve_and_auc_at_the_end() -> None:
@@ -91,11 +96,11 @@ def test_a_run_reports_the_curve_and_auc_at_the_end() -> None:
         device=torch.device("cpu"),
     )
     assert result.status == "ok"
-    assert info.target.metric == "prune/auc"
-    assert all("prune/auc" in p.metrics for p in result.curve)
-    for f in PruningOptions.model_validate(info.test_options).fractions:
-        assert 0.0 <= result.final[accuracy_key(f)] <= 1.0
-    assert result.final["prune/auc"] <= result.final["test/accuracy"] + 0.05
+    assert all({"val/prune_auc", "test/prune_auc"} <= set(p.metrics) for p in result.curve)
+    for split in ("val", "test"):
+        for f in PruningOptions.model_validate(info.test_options).fractions:
+            assert 0.0 <= result.final[accuracy_key(split, f)] <= 1.0
+        assert result.final[f"{split}/prune_auc"] <= result.final[f"{split}/accuracy"] + 0.05
 
 
 def test_pruning_during_learning_holds_the_mask() -> None:

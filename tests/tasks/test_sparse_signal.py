@@ -7,6 +7,7 @@ import torch
 from pydantic import ValidationError
 
 from benchmark import train
+from benchmark.seeding import derive_seeds
 from benchmark.tasks import TASKS
 from benchmark.tasks.sparse_signal import (
     SparseSignalData,
@@ -25,7 +26,12 @@ def test_defaults_are_the_papers_middle_setting() -> None:
     assert (o.d, o.k, o.r, o.noise, o.num_train, o.num_val, o.num_test, o.batch_size) == (
         2000, 100, 50, 0.1, 10_000, 1000, 1000, 500
     )  # fmt: skip
-    assert TASKS.get("sparse_signal").target.metric == "test/accuracy"
+
+
+def test_sweep_points_are_chosen_by_the_lowest_validation_loss_as_in_the_paper() -> None:
+    for name in ("sparse_signal", "sparse_signal_d200", "sparse_signal_d20000"):
+        chooser = TASKS.get(name).selected_by
+        assert (chooser.metric, chooser.mode) == ("val/loss", "min")
 
 
 @pytest.mark.parametrize(
@@ -100,6 +106,26 @@ def test_the_training_set_comes_from_the_data_stream_and_evaluation_sets_are_fix
     assert torch.equal(again.splits["test"][0], data.splits["test"][0])
 
 
+def _rows(x: torch.Tensor) -> set[bytes]:
+    return {bytes(row) for row in x.to(torch.uint8).numpy()}
+
+
+def test_validation_set_is_fixed_of_its_size_and_apart_from_training_and_test() -> None:
+    o = SparseSignalOptions.model_validate(TASKS.get("sparse_signal").test_options)
+    data = SparseSignalData(o, torch.device("cpu"))
+    val = _rows(data.splits["val"][0])
+    assert len(data.splits["val"][0]) == o.num_val
+    assert len(val) == o.num_val  # distinct examples
+    assert not val & _rows(data.splits["test"][0])
+    for seed in (0, 1):  # every run's training set: other seeds draw other examples
+        stream = data.train_batches(derive_seeds(seed).generator("data"))
+        seen = set().union(*(_rows(next(stream)[0]) for _ in range(o.num_train // o.batch_size)))
+        assert len(seen) == o.num_train
+        assert not val & seen
+    other_runs = SparseSignalData(o, torch.device("cpu"))
+    assert torch.equal(other_runs.splits["val"][0], data.splits["val"][0])
+
+
 def test_evaluation_reports_the_declared_metrics() -> None:
     info = TASKS.get("sparse_signal")
     o = SparseSignalOptions.model_validate(info.test_options)
@@ -114,5 +140,7 @@ def test_one_run_at_test_options_learns(rule: str, lr: float) -> None:
     spec = make_spec(task="sparse_signal", rule=rule, hparams=hparams, steps=100, eval_every=50)
     result = train.run(spec, device=torch.device("cpu"))
     assert result.status == "ok"
+    assert all({"val/loss", "val/accuracy"} <= set(p.metrics) for p in result.curve)
     assert result.final["test/accuracy"] > 0.75
     assert result.final["test/accuracy"] > result.curve[0].metrics["test/accuracy"]
+    assert result.final["val/accuracy"] > 0.75

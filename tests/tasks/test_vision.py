@@ -53,10 +53,11 @@ def test_mnist_idx_files_are_read_through_torchvision(tmp_path: Path) -> None:
     written = write_mnist(tmp_path)
     data = load("mnist_fcn", data_dir=str(tmp_path), batch_size=32)
     assert isinstance(data, DeviceImageData)
-    assert data.train_x.shape == (256, 1, 28, 28)
+    assert data.train_x.shape == (256 - 25, 1, 28, 28)  # a tenth of a small set is held out
     assert data.train_x.dtype == torch.uint8
-    np.testing.assert_array_equal(data.train_x[:, 0].numpy(), written["train_x"])
-    np.testing.assert_array_equal(data.test_y.numpy(), written["t10k_y"])
+    read = torch.cat([data.train_x, data.splits["val"][0]])[:, 0]
+    assert sorted(map(bytes, read.numpy())) == sorted(map(bytes, written["train_x"]))
+    np.testing.assert_array_equal(data.splits["test"][1].numpy(), written["t10k_y"])
     x, y = next(data.train_batches(torch.Generator().manual_seed(0)))
     assert x.shape == (32, 1, 28, 28)
     assert x.dtype == torch.float32
@@ -64,15 +65,17 @@ def test_mnist_idx_files_are_read_through_torchvision(tmp_path: Path) -> None:
     # Normalised with MNIST's statistics: pixel 0 maps to -mean/std.
     assert float(x.min()) == pytest.approx(-0.1307 / 0.3081, abs=1e-5)
     metrics = data.evaluate(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), step=0)
-    assert set(metrics) == {"train/loss", "test/loss", "test/accuracy"}
+    assert set(metrics) == {"train/loss", "val/loss", "val/accuracy", "test/loss", "test/accuracy"}
 
 
 def test_cifar10_pickle_batches_are_read_in_channel_order(tmp_path: Path) -> None:
     written = write_cifar10(tmp_path)
-    data = load("cifar10_fcn", data_dir=str(tmp_path), verify_checksums=False, augment=False, batch_size=100)
-    np.testing.assert_array_equal(data.train_x.numpy(), written["train_x"])
-    np.testing.assert_array_equal(data.train_y.numpy(), written["train_y"])
-    np.testing.assert_array_equal(data.test_x.numpy(), written["test_x"])
+    arrays = read_dataset("CIFAR10", str(tmp_path), False, False)
+    np.testing.assert_array_equal(arrays.train_x.numpy(), written["train_x"])
+    np.testing.assert_array_equal(arrays.train_y.numpy(), written["train_y"])
+    np.testing.assert_array_equal(arrays.test_x.numpy(), written["test_x"])
+    data = load("cifar10_fcn", data_dir=str(tmp_path), verify_checksums=False, augment=False, batch_size=50)
+    np.testing.assert_array_equal(data.splits["test"][0].numpy(), written["test_x"])
 
 
 def test_cifar10_md5_check_stays_on_by_default(tmp_path: Path) -> None:
@@ -127,7 +130,8 @@ def test_data_root_comes_from_option_then_environment_then_cache(
 def test_environment_variable_finds_the_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_mnist(tmp_path, n_train=64, n_test=32)
     monkeypatch.setenv(DATA_ENV, str(tmp_path))
-    assert len(load("mnist_fcn").train_x) == 64
+    data = load("mnist_fcn")
+    assert len(data.train_x) + len(data.splits["val"][0]) == 64
 
 
 # --- the on-device pipeline -----------------------------------------------------------------
@@ -175,7 +179,7 @@ def test_imagenet_image_folder_through_dataloader(tmp_path: Path) -> None:
     data = load("imagenet_resnet50", **options, eval_batch_size=5, num_workers=1)
     assert isinstance(data, ImageFolderData)
     batches = data.train_batches(torch.Generator().manual_seed(0))
-    seen = [next(batches) for _ in range(4)]  # 12 images / 4 = 3 per epoch: crosses an epoch
+    seen = [next(batches) for _ in range(4)]  # 11 trained-on images / 4 = 2 per epoch: crosses an epoch
     for x, y in seen:
         assert x.shape == (4, 3, 32, 32)
         assert x.dtype == torch.float32
@@ -185,7 +189,10 @@ def test_imagenet_image_folder_through_dataloader(tmp_path: Path) -> None:
         TASKS.get("imagenet_resnet50").options.model_validate({**options, "bias": False}), torch.Generator()
     )
     metrics = data.evaluate(model, step=0)
-    assert set(metrics) == {"train/loss", "test/loss", "test/accuracy", "test/top5"}
+    assert set(metrics) == {
+        "train/loss",
+        *(f"{s}/{m}" for s in ("val", "test") for m in ("loss", "accuracy", "top5")),
+    }
     assert metrics["test/top5"] == 1.0  # 3 classes: the true one is always in the top 5
 
 
@@ -229,7 +236,6 @@ def test_cifar_networks_keep_32x32_resolution_to_the_head() -> None:
 def test_registered_with_target_resources_and_bias_free_option(task: str) -> None:
     info = TASKS.get(task)
     info.options.model_validate(info.test_options)
-    assert info.target.metric == "test/accuracy"
     assert 0.5 < info.target.value < 1
     if task.startswith("imagenet"):
         assert info.resources.gpus == 1  # a whole GPU
