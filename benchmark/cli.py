@@ -272,6 +272,10 @@ def cmd_list(args: argparse.Namespace) -> int:
             target = task.target
             print(f"  {name:<16} {task.description}")
             print(f"      target: {target.metric} {'>=' if target.mode == 'max' else '<='} {target.value}")
+            chosen = task.selected_by
+            print(f"      selected by: {chosen.metric} ({chosen.mode}); chance: {task.chance:g}")
+            split = task.validation or "none (a theory task: its closed forms assume no held-out split)"
+            print(f"      validation: {split}")
             for key, value in task.defaults().items():
                 print(f"      {key} = {value!r}")
     return ExitCode.OK

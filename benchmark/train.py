@@ -186,4 +186,7 @@ def run(
         started_at=started_at,
         finished_at=datetime.now(UTC),
         target=(task.target.metric, task.target.value, task.target.mode),
+        selection=(task.selected_by.metric, task.selected_by.mode),
+        chance=task.chance,
+        theory=task.theory,
     )

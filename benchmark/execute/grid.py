@@ -58,7 +58,7 @@ SAMPLED_KEY = "hp"
 """Config key of a search algorithm's sampled hyperparameters (``hp/lr`` arrives as ``{"hp": {"lr": …}}``)."""
 
 OBJECTIVE_KEY = "objective"
-"""The task's target metric, reported under one fixed name for search algorithms."""
+"""The task's selection metric (its validation target), under one fixed name for search algorithms."""
 
 
 def spec_from_config(config: dict[str, Any]) -> RunSpec:
@@ -74,11 +74,11 @@ def spec_from_config(config: dict[str, Any]) -> RunSpec:
 def _objective(spec: RunSpec, metrics: dict[str, float] | Any) -> dict[str, float]:
     from benchmark.tasks import TASKS
 
-    target = TASKS.get(spec.task).target
-    value = metrics.get(target.metric)
+    chosen_by = TASKS.get(spec.task).selected_by  # validation: nothing is chosen on a test metric
+    value = metrics.get(chosen_by.metric)
     if value is None:
         return {}
-    worst = -1e30 if target.mode == "max" else 1e30
+    worst = -1e30 if chosen_by.mode == "max" else 1e30
     return {OBJECTIVE_KEY: float(value) if math.isfinite(value) else worst}
 
 

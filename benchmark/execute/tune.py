@@ -77,7 +77,7 @@ def tune_cell(
 ) -> TunedCell:
     """Search ``keys`` of ``base``'s rule with Optuna (TPE, seeded) for ``trials`` runs."""
     rule = RULES.get(base.rule)
-    target = TASKS.get(base.task).target
+    target = TASKS.get(base.task).selected_by  # a validation metric: tuning never reads test
     space = {f"{SAMPLED_KEY}/{k}": rule.search_space[k] for k in keys}
     search = OptunaSearch(space=space, metric=OBJECTIVE_KEY, mode=target.mode, seed=0)
     outcome = GridOutcome(total=trials, skipped=0)
