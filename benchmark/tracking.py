@@ -35,8 +35,9 @@ MLFLOW_DEFAULTS = {
     # Fail within seconds on an unreachable server instead of MLflow's minutes of retries.
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-    # Each SQLite write costs ~13-23 ms of driver CPU; a grid reporting every evaluation would pay it
-    # hundreds of times on the cores its workers need, so the async logger gathers for 5 s.
+    # Each SQLite write costs 13-23 ms of driver CPU. Gathering for 5 s, the async logger writes a
+    # run's consecutive evaluations (a lone run, a replayed curve) in one batch; it writes interleaved
+    # runs' evaluations one by one.
     "MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS": "5",
 }
 """MLflow settings the tracker uses unless the environment sets them."""
@@ -47,7 +48,7 @@ class TrackingWarning(UserWarning):
 
 
 @functools.cache
-def tracking_errors() -> tuple[type[Exception], ...]:
+def _store_errors() -> tuple[type[Exception], ...]:
     """What a failing store raises through MLflow's client: its own errors, its HTTP layer's
     (requests), its SQL stores' (SQLAlchemy) and the file system's (artifacts, SQLite files)."""
     import requests
@@ -137,7 +138,7 @@ class Tracker:
             return
         try:
             fn()
-        except tracking_errors() as exc:  # the store failed: the benchmark goes on without it
+        except _store_errors() as exc:  # the store failed: the benchmark goes on without it
             if self.enabled:
                 warnings.warn(
                     f"MLflow tracking at {self.uri} is unreachable or failed ({type(exc).__name__}: "
