@@ -1,4 +1,4 @@
-"""Where synapsebench keeps files it can make again: generated data sets, an empty tracking database.
+"""Where synapsebench keeps files it can make again: generated data sets.
 
 ``$SYNAPSEBENCH_CACHE``, else ``$XDG_CACHE_HOME/synapsebench``, else ``~/.cache/synapsebench``. Everything
 in it is named by what made it and is safe to delete.

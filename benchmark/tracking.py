@@ -2,30 +2,27 @@
 
 Runs are keyed by their content hash (tag ``synapsebench.run_id``): a run left RUNNING by a killed
 invocation is deleted and started afresh on resume, so every cell has exactly one live MLflow run.
-Tracking never stops a benchmark: if the store cannot be reached, a warning says so once and the
-runs still complete and still reach Parquet.
+
+Metrics, params and tags go through MLflow's asynchronous logging (``synchronous=False``), which queues
+them and writes what has gathered every ``MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS``, a run's consecutive
+evaluations in one batch. The calls it does not cover (creating and ending runs, artifacts, searches) run
+in order on one worker thread, so a slow or unreachable store never holds up the grid. Tracking never
+stops a benchmark: when the store fails, a warning says so once, tracking stops, and the runs still
+complete and still reach Parquet.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
-import math
 import os
-import queue
-import shutil
-import sqlite3
-import threading
 import time
-import urllib.error
-import urllib.request
 import warnings
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from benchmark.atomic import temporary_beside
-from benchmark.cache import cache_dir
 from benchmark.spec import RunSpec
 
 RUN_ID_TAG = "synapsebench.run_id"
@@ -34,18 +31,31 @@ KIND_TAG = "synapsebench.kind"
 CODE_TAG = "synapsebench.code_version"
 STATUS_TAG = "synapsebench.status"
 
-METRICS_FLUSH_S = 5.0
-"""Least time, in seconds, between a run's metric batches to MLflow (the rest go when it ends): each SQLite
-``log_batch`` costs ~20 ms of driver CPU, which a grid of short runs reporting every evaluation
-would pay hundreds of times on the cores its workers need."""
-
-MAX_BATCH = 1000  # MLflow's limit on entities per log_batch
-
-T = TypeVar("T")
+MLFLOW_DEFAULTS = {
+    # Fail within seconds on an unreachable server instead of MLflow's minutes of retries.
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    # Each SQLite write costs 13-23 ms of driver CPU. Gathering for 5 s, the async logger writes a
+    # run's consecutive evaluations (a lone run, a replayed curve) in one batch; it writes interleaved
+    # runs' evaluations one by one.
+    "MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS": "5",
+}
+"""MLflow settings the tracker uses unless the environment sets them."""
 
 
 class TrackingWarning(UserWarning):
     """The tracking store could not be reached; results still go to Parquet."""
+
+
+@functools.cache
+def _store_errors() -> tuple[type[Exception], ...]:
+    """What a failing store raises through MLflow's client: its own errors, its HTTP layer's
+    (requests), its SQL stores' (SQLAlchemy) and the file system's (artifacts, SQLite files)."""
+    import requests
+    import sqlalchemy.exc
+    from mlflow.exceptions import MlflowException
+
+    return (MlflowException, requests.RequestException, sqlalchemy.exc.SQLAlchemyError, OSError)
 
 
 def default_tracking_uri(results: Path) -> str:
@@ -70,52 +80,6 @@ def local_artifact_root(database: Path, experiment: str) -> str:
     return (database.parent / "mlartifacts" / experiment).as_uri()
 
 
-def start_from_template(database: Path) -> None:
-    """Make a new SQLite store as a copy of an empty one, made once per MLflow version in the cache.
-
-    MLflow creates a store by running every one of its schema migrations: seconds of CPU for each new
-    results folder, on the cores a grid's workers need. A copy takes milliseconds. An existing
-    database is never touched, and if anything fails here MLflow creates the store itself.
-    """
-    if database.exists():
-        return
-    import mlflow
-
-    template = cache_dir() / f"mlflow-{mlflow.__version__}.db"
-    try:
-        if not template.is_file():
-            with temporary_beside(template, ".db") as partial:
-                # The client creates its tables on first use; the finished file is then renamed in.
-                mlflow.MlflowClient(tracking_uri=f"sqlite:///{partial}").search_experiments(max_results=1)
-                os.replace(partial, template)
-        with temporary_beside(database, ".db") as partial:
-            shutil.copyfile(template, partial)
-            if not _adopt_copy(partial, local_artifact_root(database, "Default")):
-                template.unlink(missing_ok=True)  # damaged: the next new store makes it again
-                return
-            with contextlib.suppress(FileExistsError):  # another process made it meanwhile: keep theirs
-                os.link(partial, database)
-    except Exception:  # noqa: BLE001 - only a shortcut: MLflow creates the store as usual
-        return
-
-
-def _adopt_copy(copy: Path, default_artifacts: str) -> bool:
-    """Whether the copy holds MLflow's schema; if so, its Default experiment (which MLflow made in the
-    template with ``./mlruns`` of that process's folder) keeps artifacts beside the new store instead."""
-    try:
-        with contextlib.closing(sqlite3.connect(copy)) as db:
-            if db.execute("SELECT version_num FROM alembic_version").fetchone() is None:
-                return False
-            with db:
-                db.execute(
-                    "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
-                    (default_artifacts,),
-                )
-            return True
-    except sqlite3.Error:
-        return False
-
-
 def spec_params(spec: RunSpec) -> dict[str, str]:
     params = {
         "task": spec.task,
@@ -130,102 +94,100 @@ def spec_params(spec: RunSpec) -> dict[str, str]:
 
 
 class Tracker:
-    """MLflow adapter used by the driver; every method is a no-op once tracking is disabled."""
+    """MLflow adapter used by the driver: every method returns at once, and is a no-op once tracking
+    is disabled. MLflow calls run in submission order on one worker thread."""
 
     def __init__(self, uri: str, experiment: str) -> None:
         self.uri = uri
         self.experiment = experiment
         self.enabled = True
         self.parent_id: str | None = None
+        # Touched only on the worker thread: MLflow run of each RunSpec, and its async batches not
+        # yet confirmed written.
         self._children: dict[str, str] = {}
+        self._unconfirmed: dict[str, list[Any]] = {}
         self._client: Any = None
         self._experiment_id: str | None = None
-        # MLflow calls run on one background thread, so a slow store never holds up the grid's
-        # event loop (and with it the workers, whose reports wait for the driver).
-        self._queue: queue.Queue[Callable[[], Any]] = queue.Queue()
-        self._thread: threading.Thread | None = None
-        # Evaluations not yet sent, per run: (step, metrics, time in ms); guarded by _lock.
-        self._pending: dict[str, list[tuple[int, dict[str, float], int]]] = {}
-        self._last_flush: dict[str, float] = {}
-        self._lock = threading.Lock()
-        if uri.startswith(("http://", "https://")) and not _reachable(uri):
-            self._disable(f"MLflow tracking server {uri} is unreachable")
-            return
-        # Importing MLflow and creating its tables takes seconds: they run on the tracking thread,
-        # beside Ray's start-up, and every later call queues behind them.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-tracking")
+        self._bug: BaseException | None = None
+        # Importing MLflow and creating its tables takes seconds: they run on the worker, beside
+        # Ray's start-up, and every later call queues behind them.
         self._submit(self._connect)
 
     def _connect(self) -> None:
-        # Fail fast on an unreachable server instead of MLflow's long retry loop.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        for name, value in MLFLOW_DEFAULTS.items():
+            os.environ.setdefault(name, value)
         from mlflow.tracking import MlflowClient
 
-        database = sqlite_database(self.uri)
-        if database is not None:
-            start_from_template(database)
         self._client = MlflowClient(tracking_uri=self.uri)
         exp = self._client.get_experiment_by_name(self.experiment)
         if exp is not None:
             self._experiment_id = exp.experiment_id
             return
         # A server (or any other store) decides where artifacts go.
+        database = sqlite_database(self.uri)
         artifacts = None if database is None else local_artifact_root(database, self.experiment)
         self._experiment_id = self._client.create_experiment(self.experiment, artifact_location=artifacts)
 
-    def _disable(self, why: str) -> None:
+    def _submit(self, fn: Callable[[], None]) -> None:
         if self.enabled:
-            warnings.warn(
-                f"{why}; runs continue and results still land in Parquet, but are not tracked",
-                TrackingWarning,
-                stacklevel=3,
-            )
-        self.enabled = False
+            self._worker.submit(self._guard, fn).add_done_callback(self._keep_bug)
 
-    def _submit(self, fn: Callable[[], Any]) -> None:
+    def _guard(self, fn: Callable[[], None]) -> None:
         if not self.enabled:
             return
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="mlflow-tracking", daemon=True)
-            self._thread.start()
-        self._queue.put(fn)
+        try:
+            fn()
+        except _store_errors() as exc:  # the store failed: the benchmark goes on without it
+            if self.enabled:
+                warnings.warn(
+                    f"MLflow tracking at {self.uri} is unreachable or failed ({type(exc).__name__}: "
+                    f"{exc}); runs continue and results still land in Parquet, but are not tracked",
+                    TrackingWarning,
+                    stacklevel=2,
+                )
+            self.enabled = False
 
-    def _work(self) -> None:
-        while True:
-            fn = self._queue.get()
-            try:
-                self._guard(fn)
-            finally:
-                self._queue.task_done()
+    def _keep_bug(self, done: Future[None]) -> None:
+        """Any other error is a bug in this module: kept, and raised by :meth:`flush`."""
+        if self._bug is None:
+            self._bug = done.exception()
 
     def flush(self) -> None:
-        """Wait until every submitted call has reached the store."""
-        if self._thread is not None:
-            self._queue.join()
+        """Wait until every call made so far has reached the store (or tracking was disabled)."""
+        self._worker.submit(self._guard, self._confirm).result()
+        if self._bug is not None:
+            raise self._bug
 
-    def _guard(self, fn: Callable[[], T]) -> T | None:
-        if not self.enabled:
-            return None
-        try:
-            return fn()
-        except Exception as exc:  # noqa: BLE001 - any tracking failure must not stop the benchmark
-            self._disable(f"MLflow tracking at {self.uri} failed ({type(exc).__name__}: {exc})")
-            return None
+    def _confirm(self, mlflow_run: str | None = None) -> None:
+        """Wait for the async batches of an MLflow run (of every run if None); a failed one raises."""
+        for key in [mlflow_run] if mlflow_run is not None else list(self._unconfirmed):
+            for operations in self._unconfirmed.pop(key, []):
+                operations.wait()
+
+    def _log_async(self, mlflow_run: str, **batch: Any) -> None:
+        """Hand metrics, params or tags of an MLflow run to MLflow's async logging."""
+        operations = self._client.log_batch(mlflow_run, synchronous=False, **batch)
+        self._unconfirmed.setdefault(mlflow_run, []).append(operations)
 
     def start_suite(self, suite: str, total: int, code_version: str) -> None:
         def start() -> None:
+            from mlflow.entities import Param
+
             run = self._client.create_run(
                 self._experiment_id,
                 run_name=f"{suite} @ {time.strftime('%Y-%m-%d %H:%M:%S')}",
                 tags={KIND_TAG: "suite", SUITE_TAG: suite, CODE_TAG: code_version},
             )
             self.parent_id = run.info.run_id
-            self._client.log_param(self.parent_id, "runs_pending", total)
+            self._log_async(self.parent_id, params=[Param("runs_pending", str(total))])
 
         self._submit(start)
 
     def start_run(self, spec: RunSpec) -> None:
         def start() -> None:
+            from mlflow.entities import Param
+
             self._close_stale(spec.run_id)
             tags = {
                 RUN_ID_TAG: spec.run_id,
@@ -241,10 +203,9 @@ class Tracker:
                 tags=tags,
             )
             self._children[spec.run_id] = run.info.run_id
-            from mlflow.entities import Param
-
-            params = [Param(k, v[:6000]) for k, v in spec_params(spec).items()]
-            self._client.log_batch(run.info.run_id, params=params)
+            self._log_async(
+                run.info.run_id, params=[Param(k, v[:6000]) for k, v in spec_params(spec).items()]
+            )
 
         self._submit(start)
 
@@ -283,51 +244,37 @@ class Tracker:
         self._submit(fill)
 
     def log_metrics(self, run_id: str, step: int, metrics: Mapping[str, float]) -> None:
-        """Record one evaluation.
+        """Record one evaluation, through MLflow's async logging."""
+        ms = int(time.time() * 1000)
+        values = {k: float(v) for k, v in metrics.items()}
 
-        A run's first evaluation is sent at once; later ones wait for the first evaluation that comes
-        ``METRICS_FLUSH_S`` or more after the run's last batch, and go in one batch with it. Whatever
-        is left is sent when the run ends.
-        """
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        with self._lock:
-            self._pending.setdefault(run_id, []).append((step, dict(metrics), int(time.time() * 1000)))
-            due = now - self._last_flush.get(run_id, -math.inf) >= METRICS_FLUSH_S
-            if due:
-                self._last_flush[run_id] = now
-        if due:
-            self._submit(lambda: self._send_metrics(run_id))
+        def send() -> None:
+            from mlflow.entities import Metric
 
-    def _send_metrics(self, run_id: str) -> None:
-        with self._lock:
-            points = self._pending.pop(run_id, [])
-        child = self._children.get(run_id)
-        if child is None or not points:
-            return
-        from mlflow.entities import Metric
+            child = self._children.get(run_id)
+            if child is not None and values:
+                self._log_async(child, metrics=[Metric(k, v, ms, step) for k, v in values.items()])
 
-        batch = [Metric(k, float(v), ms, step) for step, metrics, ms in points for k, v in metrics.items()]
-        for start in range(0, len(batch), MAX_BATCH):
-            self._client.log_batch(child, metrics=batch[start : start + MAX_BATCH])
+        self._submit(send)
 
     def end_run(self, run_id: str, status: str, artifacts: Path | None = None) -> None:
         """Close the run's MLflow run; the files in ``artifacts`` (if any) become its artifacts."""
 
         def end() -> None:
-            self._send_metrics(run_id)
-            with self._lock:
-                self._last_flush.pop(run_id, None)
-            child = self._children.pop(run_id, None)
+            from mlflow.entities import RunTag
+
+            child = self._children.get(run_id)
             if child is None:
                 return
             if artifacts is not None and artifacts.is_dir():
                 for path in sorted(artifacts.iterdir()):
                     if path.is_file() and not path.name.startswith("."):
                         self._client.log_artifact(child, str(path))
-            self._client.set_tag(child, STATUS_TAG, status)
+            self._log_async(child, tags=[RunTag(STATUS_TAG, status)])
+            # Ending a run first writes everything MLflow's async logging holds, for every run.
             self._client.set_terminated(child, "FAILED" if status == "failed" else "FINISHED")
+            del self._children[run_id]
+            self._confirm(child)
 
         self._submit(end)
 
@@ -335,20 +282,16 @@ class Tracker:
         """Close what is still open, then wait until everything has reached the store."""
 
         def end() -> None:
+            from mlflow.entities import Param
+
             for run_id in list(self._children):
                 self.end_run(run_id, "failed")
             if self.parent_id is None:
                 return
-            self._client.log_param(self.parent_id, "runs_failed", failed)
-            self._client.set_terminated(self.parent_id, "FAILED" if failed else "FINISHED")
+            parent = self.parent_id
+            self._log_async(parent, params=[Param("runs_failed", str(failed))])
+            self._client.set_terminated(parent, "FAILED" if failed else "FINISHED")
+            self._confirm(parent)
 
         self._submit(end)
         self.flush()
-
-
-def _reachable(uri: str, timeout: float = 3.0) -> bool:
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
-            return bool(resp.status < 500)
-    except (urllib.error.URLError, OSError, ValueError):
-        return False

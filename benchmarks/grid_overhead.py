@@ -40,17 +40,14 @@ for spec in expand(load_suite(path), path).specs[part::parts]:
 
 PREPARE = """
 import sys
-from pathlib import Path
 import torch
 from benchmark.plan import expand
 from benchmark.spec import load_suite
 from benchmark.tasks import TASKS
-from benchmark.tracking import start_from_template
-path, scratch = sys.argv[1], Path(sys.argv[2])
+path = sys.argv[1]
 for spec in expand(load_suite(path), path).specs:
     task = TASKS.get(spec.task)
     task.load_data(task.options.model_validate(spec.task_options), torch.device("cpu"))
-start_from_template(scratch / "mlflow.db")  # makes the cached empty store that new stores copy
 """
 
 
@@ -121,7 +118,7 @@ def _time_round(
             return {**env, "SYNAPSEBENCH_CACHE": str(cache), **extra}
 
         if not cold:
-            timed([[sys.executable, "-c", PREPARE, suite, str(Path(tmp) / "warm")]], side_env("ray"))
+            timed([[sys.executable, "-c", PREPARE, suite]], side_env("ray"))
         cli = [sys.executable, "-m", "benchmark", "run", suite, "--results", str(Path(tmp) / "r")]
         one = [sys.executable, "-c", SEQUENTIAL, suite]
         runs = {

@@ -1,14 +1,18 @@
-"""MLflow tracking: a run's evaluations show up while it runs, and all of them are there when it ends."""
+"""MLflow tracking: a run's evaluations show up while it runs, all of them are there when it ends, and a
+store that is down or fails never holds up or stops the benchmark."""
 
 from __future__ import annotations
 
+import socket
+import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from benchmark.cache import CACHE_ENV
-from benchmark.tracking import RUN_ID_TAG, Tracker
+from benchmark.tracking import RUN_ID_TAG, Tracker, TrackingWarning
 from tests.helpers import make_spec
 
 
@@ -38,37 +42,62 @@ def test_every_evaluation_reaches_mlflow_and_the_first_while_the_run_is_live(tmp
     assert _history(uri, spec.run_id, "test/loss") == [(s, 2 * v) for s, v in points]
 
 
-def test_new_stores_start_empty_from_the_cache_and_a_damaged_cache_costs_only_time(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A tracking URI whose server accepts connections and never answers."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(64)
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+
+
+def closed_port_uri() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"  # nothing listens there any more: connections are refused
+
+
+def _track_one_run(tracker: Tracker, evaluations: int) -> None:
+    """The tracker's calls for one suite of one run, up to the run's end."""
+    spec = make_spec(steps=10 * evaluations)
+    tracker.start_suite("tracked", 1, "test")
+    tracker.start_run(spec)
+    for step in range(0, 10 * evaluations, 10):
+        tracker.log_metrics(spec.run_id, step, {"train/loss": 1.0})
+    tracker.end_run(spec.run_id, "ok")
+
+
+@pytest.mark.parametrize("server", ["refused", "silent"])
+def test_a_down_server_never_holds_up_the_driver_and_warns_once(
+    server: str, silent_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
-
-    def track(folder: str, spec_seed: int) -> str:
-        uri = f"sqlite:///{tmp_path / folder}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    uri = closed_port_uri() if server == "refused" else silent_server
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        start = time.perf_counter()
         tracker = Tracker(uri, "tracked")
-        tracker.start_suite("tracked", 1, "test")
-        spec = make_spec(seed=spec_seed)
-        tracker.start_run(spec)
-        tracker.log_metrics(spec.run_id, 0, {"train/loss": 1.0})
-        tracker.end_run(spec.run_id, "ok")
+        _track_one_run(tracker, evaluations=200)
+        assert time.perf_counter() - start < 2.0, "every call returns at once"
+        start = time.perf_counter()
         tracker.end_suite(failed=0)
-        assert tracker.enabled
-        return uri
+        assert time.perf_counter() - start < 20, "waiting for the store ends with MLflow's HTTP timeout"
+    assert not tracker.enabled
+    (warning,) = [w for w in caught if issubclass(w.category, TrackingWarning)]
+    assert "unreachable" in str(warning.message)
 
-    def run_ids(uri: str) -> set[str]:
-        client = MlflowClient(tracking_uri=uri)
-        exp = client.get_experiment_by_name("tracked")
-        return {r.data.tags.get(RUN_ID_TAG) for r in client.search_runs([exp.experiment_id])} - {None}
 
-    first = track("a", 0)
-    (template,) = (tmp_path / "cache").glob("mlflow-*.db")
-    second = track("b", 1)
-    assert run_ids(second) == {make_spec(seed=1).run_id}, "a new store holds none of another's runs"
-    default = MlflowClient(tracking_uri=second).get_experiment("0")
-    assert default.artifact_location == (tmp_path / "b" / "mlartifacts" / "Default").as_uri()
-    assert track("a", 2) == first
-    assert run_ids(first) == {make_spec(seed=0).run_id, make_spec(seed=2).run_id}, "an existing store is kept"
-
-    template.write_bytes(b"not a database")
-    third = track("c", 3)
-    assert run_ids(third) == {make_spec(seed=3).run_id}
+def test_a_store_that_fails_midway_stops_tracking_with_a_warning_not_an_error(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/track.db"
+    tracker = Tracker(uri, "tracked")
+    tracker.flush()
+    (tmp_path / "track.db").unlink()
+    (tmp_path / "track.db").mkdir()  # the database file is gone: every query now fails
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _track_one_run(tracker, evaluations=3)
+        tracker.end_suite(failed=0)
+    assert not tracker.enabled
+    (warning,) = [w for w in caught if issubclass(w.category, TrackingWarning)]
+    assert uri in str(warning.message)
