@@ -41,8 +41,8 @@ class LearningRule(Protocol):
     def train_step(self, model: nn.Module, batch: Batch, loss_fn: LossFn) -> dict[str, float]:
         """One update of ``model`` on ``batch``; returns at least ``train/loss`` (before the update).
 
-        Other values it returns (``rule/...``) are reported with the next evaluation, as of the
-        step before it; ``rule/forward_passes`` is the step's cost (see :class:`RuleInfo`).
+        Other values it returns (``rule/...``) are reported at each evaluation, those of the
+        step just before it; ``rule/forward_passes`` is the step's cost (see :class:`RuleInfo`).
         """
         ...
 
