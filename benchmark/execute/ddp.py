@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark import store, train
+from benchmark.hooks import artifact_hooks
 from benchmark.spec import RunSpec
 
 
@@ -26,8 +27,8 @@ def _worker(config: dict[str, Any]) -> None:
     spec = RunSpec.model_validate(config["spec"])
     results = Path(config["results"])
     lead = ray.train.get_context().get_world_rank() == 0
-    artifacts = store.artifacts_dir(results, spec) if spec.artifacts and lead else None
-    result = train.run(spec, device=ray.train.torch.get_device(), artifacts_dir=artifacts)
+    hooks = artifact_hooks(spec, store.artifacts_dir(results, spec) if lead else None)
+    result = train.run(spec, device=ray.train.torch.get_device(), hooks=hooks)
     if lead:
         store.write_run(results, spec, result)
 

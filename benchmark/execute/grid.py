@@ -25,6 +25,7 @@ from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 
 from benchmark import store, train
+from benchmark.hooks import artifact_hooks
 from benchmark.result import RunResult
 from benchmark.spec import RunSpec
 from benchmark.tracking import Tracker
@@ -89,8 +90,7 @@ def _trainable(config: dict[str, Any]) -> None:
     def report(step: int, metrics: dict[str, float] | Any) -> None:
         tune.report({STEP_KEY: step, **metrics, **_objective(spec, metrics)})
 
-    artifacts = store.artifacts_dir(results, spec) if spec.artifacts else None
-    result = train.run(spec, report, artifacts_dir=artifacts)
+    result = train.run(spec, report, hooks=artifact_hooks(spec, store.artifacts_dir(results, spec)))
     store.write_run(results, spec, result)
     last = result.curve[-1].metrics if result.curve else {}
     extra = {k: v for k, v in result.final.items() if k not in last}

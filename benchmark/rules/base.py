@@ -31,10 +31,19 @@ class HParams(BaseModel):
 
 @runtime_checkable
 class LearningRule(Protocol):
-    """A rule that owns the whole training step (an optimizer is wrapped by :class:`OptimizerRule`)."""
+    """A rule that owns the whole training step (an optimizer is wrapped by :class:`OptimizerRule`).
+
+    Only ``train_step`` runs on the training clock, so it does the update and nothing else. A
+    rule may also have ``diagnostics() -> {"rule/...": value}``, on itself or on its ``optimizer``;
+    the loop reads it at each evaluation, off the clock (:class:`benchmark.hooks.Diagnostics`).
+    """
 
     def train_step(self, model: nn.Module, batch: Batch, loss_fn: LossFn) -> dict[str, float]:
-        """One update of ``model`` on ``batch``; returns at least ``train/loss`` (before the update)."""
+        """One update of ``model`` on ``batch``; returns at least ``train/loss`` (before the update).
+
+        Other values it returns (``rule/...``) are reported at each evaluation, those of the
+        step just before it; ``rule/forward_passes`` is the step's cost (see :class:`RuleInfo`).
+        """
         ...
 
     def state_dict(self) -> dict[str, Any]: ...
@@ -45,8 +54,8 @@ class LearningRule(Protocol):
 class OptimizerRule:
     """Adapts a ``torch.optim.Optimizer``: zero grads, forward, loss, backward, step.
 
-    An optimizer may expose ``diagnostics() -> dict[str, float]`` (e.g. AGD's step size); those
-    values are merged into the step's metrics under their own ``rule/...`` names.
+    An optimizer may expose ``diagnostics() -> dict[str, float]`` (e.g. AGD's step size); the
+    training loop reads it at evaluations, not here, so that it stays off the training clock.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
@@ -66,11 +75,7 @@ class OptimizerRule:
         loss = loss_fn(model(inputs), targets)
         loss.backward()  # type: ignore[no-untyped-call]
         self.optimizer.step()
-        metrics = {"train/loss": float(loss.detach())}
-        diagnostics = getattr(self.optimizer, "diagnostics", None)
-        if callable(diagnostics):
-            metrics.update(diagnostics())
-        return metrics
+        return {"train/loss": float(loss.detach())}
 
     def state_dict(self) -> dict[str, Any]:
         return self.optimizer.state_dict()
@@ -110,6 +115,13 @@ class RuleInfo:
         test_hparams: a cheap setting for CI (as a task's ``test_options``), e.g. a loose solver.
         data_parallel: its ``build`` gives an :class:`OptimizerRule` whose step reads only the
             gradient, which DDP averages across workers, so runs may use ``budget.workers``.
+        forward_passes: the cost of one step in forward-equivalent passes, for the
+            ``clock/forward_passes`` clock: 3 for a forward and a backward (a backward costs about
+            two forwards). A rule whose cost varies from step to step reports it instead, as
+            ``rule/forward_passes`` in each ``train_step``'s metrics, which then overrides this
+            value: equilibrium rules their measured relaxation iterations, perturbation rules
+            their extra forwards. Linear algebra (natural gradient, K-FAC's inverses) is not
+            counted.
     """
 
     name: str
@@ -124,6 +136,7 @@ class RuleInfo:
     error_cases: tuple[ErrorCase, ...] = ()
     test_hparams: Mapping[str, Any] = field(default_factory=dict)
     data_parallel: bool = False
+    forward_passes: float = 3.0
 
     def defaults(self) -> dict[str, Any]:
         return self.hparams().model_dump(mode="json")

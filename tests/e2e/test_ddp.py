@@ -64,6 +64,9 @@ def test_workers_stay_in_sync_and_see_different_batches(tmp_path: Path) -> None:
     # Worker 0 draws the one-process run's batches; worker 1 its own, so the averaged step differs.
     assert ranks[0]["final"]["test/loss"] != pytest.approx(alone.final["test/loss"], rel=1e-6)
     assert ranks[0]["curve"][-1] < ranks[0]["curve"][0]
+    # Examples seen count every rank's batches; steps and passes count one rank's.
+    assert ranks[0]["final"]["clock/examples"] == 2 * alone.final["clock/examples"] == 2 * 30 * 32
+    assert ranks[0]["final"]["clock/forward_passes"] == alone.final["clock/forward_passes"] == 3 * 30
 
 
 @pytest.mark.usefixtures("ray_session")
