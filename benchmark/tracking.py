@@ -5,10 +5,10 @@ invocation is deleted and started afresh on resume, so every cell has exactly on
 
 Metrics, params and tags go through MLflow's asynchronous logging (``synchronous=False``), which queues
 them and writes what has gathered every ``MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS``; a run's evaluations
-are handed to it together, at most once every :data:`HOLD_S` seconds and when the run ends. The calls it does not cover (creating and ending runs, artifacts, searches) run
-in order on one worker thread, so a slow or unreachable store never holds up the grid. Tracking never
-stops a benchmark: when the store fails, a warning says so once, tracking stops, and the runs still
-complete and still reach Parquet.
+are handed to it together, at most once every :data:`HOLD_S` seconds and when the run ends. The calls
+it does not cover (creating and ending runs, artifacts, searches) run in order on one worker thread, so
+a slow or unreachable store never holds up the grid. Tracking never stops a benchmark: when the store
+fails, a warning says so once, tracking stops, and the runs still complete and still reach Parquet.
 """
 
 from __future__ import annotations
