@@ -306,9 +306,9 @@ def _free_loss(model: EquilibriumModel, x_enc: Tensor, target: Tensor, loss_fn: 
     return float(loss_fn(model.decode(model.solve_free(x_enc).state[0]), target))
 
 
-def _apply_control_update(
+def apply_control_update(
     model: EquilibriumModel, x: Tensor, v_star: Tensor, e_star: Tensor, u_star: Tensor
-) -> None:
+) -> Tensor:
     """The LCP weight update from a controlled equilibrium, written into ``.grad``.
 
     With ``v̂ = f(x̃, v*) + e*`` and ``ŷ' = g(v̂) + u*`` recorded, the gradient on ``v̂`` is replaced by
@@ -319,7 +319,7 @@ def _apply_control_update(
         Δθ_f ∝ −(∂f/∂θ)ᵀ e^*, \\qquad Δθ_g ∝ −(∂g/∂θ)ᵀ u^*
 
     (into the encoder through ``x̃``). For a link ``W`` from block ``i`` to ``j`` this is
-    ``−Σ_batch e*_j φ(v*_i)ᵀ``: local in space and time.
+    ``−Σ_batch e*_j φ(v*_i)ᵀ``: local in space and time. Returns ``v̂`` (detached).
     """
     with torch.enable_grad():
         x_enc = model.encode(x)
@@ -327,6 +327,7 @@ def _apply_control_update(
         y_prime = model.decode(v_hat.detach()) + u_star
         surrogate = -(e_star * v_hat).sum() - (u_star * y_prime).sum()
         surrogate.backward()  # type: ignore[no-untyped-call]
+    return v_hat.detach()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -463,7 +464,7 @@ class _ControlledTrainer(_MetaTrainer):
     def update(
         self, model: EquilibriumModel, x: Tensor, v_star: Tensor, e_star: Tensor, u_star: Tensor
     ) -> None:
-        _apply_control_update(model, x, v_star, e_star, u_star)
+        apply_control_update(model, x, v_star, e_star, u_star)
 
 
 class LCPDynamicInversion(_ControlledTrainer):
@@ -480,7 +481,7 @@ class LCPDynamicInversion(_ControlledTrainer):
 
     until the relative change is under ``threshold·dt``. At equilibrium (``k_p = 0``)
     ``u* = −(k_i/α)∇L``, ``e* = (I − Jᵀ)⁻¹J_gᵀu*`` (the inversion) and the update is
-    ``Δθ_f ∝ −(∂f/∂θ)ᵀe*``, ``Δθ_g ∝ −(∂g/∂θ)ᵀu*`` (see :func:`_apply_control_update`). As
+    ``Δθ_f ∝ −(∂f/∂θ)ᵀe*``, ``Δθ_g ∝ −(∂g/∂θ)ᵀu*`` (see :func:`apply_control_update`). As
     ``β = k_i/α → 0`` the update divided by ``β`` tends to the rbp gradient; at finite β it is the
     gradient of the least-control objective.
 
@@ -518,9 +519,10 @@ class LCPKollenPollack(_ControlledTrainer):
         ė = −e + φ'(v) ⊙ (B e + D_{fb} u)
 
     the other dynamics as :class:`LCPDynamicInversion`. The forward update is DI's; the feedback
-    gradient at ``B e* + D_fb u*`` is set to ``−φ(v*)``, so ``grad_B = grad_W`` and
-    ``grad_{D_fb} = grad_D`` exactly. Each step starts by multiplying links, readout and feedback
-    (not the encoder) by ``1 − kp_wd``, so with no other decay ``W − B`` shrinks geometrically.
+    gradient at ``B e* + D_fb u*`` is set to ``−φ(v̂)``, ``v̂ = f(x̃, v*) + e*`` (the authors' code),
+    so at an exact equilibrium (``v̂ = v*``) ``grad_B = grad_W`` and ``grad_{D_fb} = grad_D``.
+    Each step starts by multiplying links, readout and feedback (not the encoder) by
+    ``1 − kp_wd``, so with no other decay ``W − B`` shrinks geometrically.
 
     Args:
         model: a :class:`~benchmark.fixpoint.LayeredEquilibriumModel`.
@@ -528,7 +530,8 @@ class LCPKollenPollack(_ControlledTrainer):
 
     Differences from the paper: ``B`` starts uniform and scaled to unit Frobenius norm per link
     (the reference copies ``f`` with fresh default init, then normalises); ``D_fb`` starts
-    ``N(0, 1/(10·readout))`` in variance. ``B`` and ``D_fb`` are the rule's state, not the model's.
+    ``N(0, 1/(C·H))`` in variance (``C`` classes, ``H`` readout units), as the reference's.
+    ``B`` and ``D_fb`` are the rule's state, not the model's.
 
     When not to use: on models without linear links (the conv-rnn DEQ block); use lcp_di.
 
@@ -546,7 +549,7 @@ class LCPKollenPollack(_ControlledTrainer):
             b = torch.empty_like(weight.detach()).uniform_(-1, 1)
             feedback.append(b / b.norm())
         readout = model.decoder.weight.detach()
-        d_fb = torch.randn_like(readout) * math.sqrt(1 / (10 * readout.shape[1]))
+        d_fb = torch.randn_like(readout) * math.sqrt(1 / readout.numel())  # N(0, 1/(C·H))
         self.feedback_weights = [t.requires_grad_(True) for t in feedback]
         self.readout_feedback = d_fb.requires_grad_(True)
         super().__init__(model, hparams, aux=[*self.feedback_weights, self.readout_feedback])
@@ -581,11 +584,11 @@ class LCPKollenPollack(_ControlledTrainer):
     def update(
         self, model: EquilibriumModel, x: Tensor, v_star: Tensor, e_star: Tensor, u_star: Tensor
     ) -> None:
-        _apply_control_update(model, x, v_star, e_star, u_star)
+        v_hat = apply_control_update(model, x, v_star, e_star, u_star)
         layered = self.layered
         with torch.enable_grad():
             back = layered.feedback(e_star, u_star, self.feedback_weights, self.readout_feedback)
-            target = activate(v_star, layered.activation).detach()
+            target = activate(v_hat, layered.activation)
             (-(target * back).sum()).backward()  # type: ignore[no-untyped-call]
 
 
@@ -660,7 +663,7 @@ class LCPEnergyBased(_MetaTrainer):
             v_star, y_star = v.detach(), y_hat.detach()
             e_star = v_star - model.implicit(x_enc, v_star)
             u_star = y_star - model.decode(v_star)
-        _apply_control_update(model, x, v_star, e_star, u_star)
+        apply_control_update(model, x, v_star, e_star, u_star)
         passes = free_iters + 3 * hp.max_iter + 1 + 3
         return loss, _costs(free_iters + hp.max_iter, passes, True)
 
