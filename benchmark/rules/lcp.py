@@ -51,6 +51,7 @@ from benchmark.fixpoint import (
     solve,
 )
 from benchmark.rules.base import ErrorCase, HParams, RuleInfo
+from benchmark.rules.support import task_model
 from benchmark.types import Batch, LossFn
 
 if TYPE_CHECKING:
@@ -58,11 +59,20 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BP",
+    "LCP_PAPER",
     "LCP_RULES",
     "RBP",
+    "ControlHParams",
+    "Grads",
     "LCPDynamicInversion",
     "LCPEnergyBased",
     "LCPKollenPollack",
+    "MetaTrainer",
+    "free_loss",
+    "loss_gradient",
+    "needs_layered",
+    "output_control",
+    "step_costs",
 ]
 
 LCP_PAPER = "https://arxiv.org/abs/2207.01332"
@@ -154,13 +164,8 @@ def _equilibrium(model: nn.Module) -> EquilibriumModel:
     return model
 
 
-def _probe_model(task: TaskInfo, options: Any) -> nn.Module:
-    # build_model is cheap by contract; a fixed generator keeps the planner deterministic.
-    return task.build_model(options, torch.Generator().manual_seed(0))
-
-
 def _needs_equilibrium(task: TaskInfo, options: Any) -> str | None:
-    model = _probe_model(task, options)
+    model = task_model(task, options)
     if not isinstance(model, EquilibriumModel):
         return (
             f"task {task.name!r} builds a {type(model).__name__}, not an equilibrium model "
@@ -170,7 +175,7 @@ def _needs_equilibrium(task: TaskInfo, options: Any) -> str | None:
 
 
 def _needs_feedforward(task: TaskInfo, options: Any) -> str | None:
-    model = _probe_model(task, options)
+    model = task_model(task, options)
     if not isinstance(model, EquilibriumModel) or model.feedforward_depth is None:
         return (
             f"bp unrolls a feedforward equilibrium model; task {task.name!r} is not one "
@@ -179,17 +184,21 @@ def _needs_feedforward(task: TaskInfo, options: Any) -> str | None:
     return None
 
 
-def _needs_layered(task: TaskInfo, options: Any) -> str | None:
-    model = _probe_model(task, options)
-    if not isinstance(model, LayeredEquilibriumModel):
+def needs_layered(rule: str, why: str) -> Callable[[TaskInfo, Any], str | None]:
+    """``unsupported`` for a rule that needs a :class:`LayeredEquilibriumModel`; ``why`` says for what."""
+
+    def unsupported(task: TaskInfo, options: Any) -> str | None:
+        if isinstance(task_model(task, options), LayeredEquilibriumModel):
+            return None
         return (
-            f"lcp_kp learns feedback weights for linear links between state blocks; task {task.name!r} "
-            "has no layered equilibrium model (LayeredEquilibriumModel); use lcp_di"
+            f"{rule} {why}; task {task.name!r} has no layered equilibrium model "
+            "(LayeredEquilibriumModel); use lcp_di"
         )
-    return None
+
+    return unsupported
 
 
-class _MetaTrainer:
+class MetaTrainer:
     """Owns the meta-optimizer, the cosine schedule and the cost counters; subclasses fill ``.grad``.
 
     Step order as in the reference: relaxation (and any pre-step decay) → zero_grad → write the
@@ -285,7 +294,7 @@ class _MetaTrainer:
                 tensor.copy_(saved)
 
 
-def _costs(iters: float, passes: float, converged: bool) -> Grads:
+def step_costs(iters: float, passes: float, converged: bool) -> Grads:
     return {
         "rule/solver_iters": float(iters),
         "rule/forward_passes": float(passes),
@@ -293,7 +302,15 @@ def _costs(iters: float, passes: float, converged: bool) -> Grads:
     }
 
 
-def _loss_gradient(loss_fn: LossFn, y_hat: Tensor, target: Tensor) -> Tensor:
+def output_control(
+    hp: ControlHParams, loss_fn: LossFn, y_hat: Tensor, target: Tensor, u_i: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``(u, ∇L(ŷ))`` with the output control ``u = k_i u_i − k_p ∇L(ŷ)``."""
+    grad = loss_gradient(loss_fn, y_hat, target)
+    return hp.k_i * u_i - hp.k_p * grad, grad
+
+
+def loss_gradient(loss_fn: LossFn, y_hat: Tensor, target: Tensor) -> Tensor:
     """``∇L(ŷ)`` through the task's own loss (a batch mean, so it includes ``1/B``)."""
     with torch.enable_grad():
         leaf = y_hat.detach().requires_grad_(True)
@@ -302,7 +319,7 @@ def _loss_gradient(loss_fn: LossFn, y_hat: Tensor, target: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def _free_loss(model: EquilibriumModel, x_enc: Tensor, target: Tensor, loss_fn: LossFn) -> float:
+def free_loss(model: EquilibriumModel, x_enc: Tensor, target: Tensor, loss_fn: LossFn) -> float:
     return float(loss_fn(model.decode(model.solve_free(x_enc).state[0]), target))
 
 
@@ -334,7 +351,7 @@ def apply_control_update(
 # Trainers
 
 
-class BP(_MetaTrainer):
+class BP(MetaTrainer):
     """Backpropagation through a feedforward equilibrium model unrolled from zero.
 
     .. math::
@@ -361,10 +378,10 @@ class BP(_MetaTrainer):
             raise TypeError("bp needs a feedforward equilibrium model (feedforward_depth set)")
         loss = loss_fn(model.decode(model.unroll(model.encode(x), depth)), y)
         loss.backward()  # type: ignore[no-untyped-call]
-        return float(loss.detach()), _costs(depth, 3 * depth, True)
+        return float(loss.detach()), step_costs(depth, 3 * depth, True)
 
 
-class RBP(_MetaTrainer):
+class RBP(MetaTrainer):
     """Recurrent backpropagation: the exact gradient at the free equilibrium, by implicit differentiation.
 
     .. math::
@@ -398,12 +415,12 @@ class RBP(_MetaTrainer):
         iters = free.iterations + adjoint.iterations
         # forward: one f per iteration + the re-attached f and its backward (1 + 2); adjoint: one VJP each.
         passes = free.iterations + 3 + 2 * adjoint.iterations
-        costs = _costs(iters, passes, free.converged and adjoint.converged)
+        costs = step_costs(iters, passes, free.converged and adjoint.converged)
         costs["rule/adjoint_iters"] = float(adjoint.iterations)
         return float(loss.detach()), costs
 
 
-class _ControlledTrainer(_MetaTrainer):
+class _ControlledTrainer(MetaTrainer):
     """Relaxes ``(v, ŷ, u_i, e)`` from zero under integral(+proportional) control, then updates."""
 
     hparams: ControlHParams
@@ -422,13 +439,9 @@ class _ControlledTrainer(_MetaTrainer):
         """The controlled equilibrium; returns the solution ``(v, ŷ, u_i, e)`` and ``u*``."""
         hp = self.hparams
 
-        def control(y_hat: Tensor, u_i: Tensor) -> tuple[Tensor, Tensor]:
-            grad = _loss_gradient(loss_fn, y_hat, y)
-            return hp.k_i * u_i - hp.k_p * grad, grad
-
         def step(state: State) -> State:
             v, y_hat, u_i, e = state
-            u, grad = control(y_hat, u_i)
+            u, grad = output_control(hp, loss_fn, y_hat, y, u_i)
             f_v, g_v, e_dot = self.feedback_step(model, x_enc, v, e, u)
             with torch.no_grad():
                 return (
@@ -442,7 +455,7 @@ class _ControlledTrainer(_MetaTrainer):
         zeros = x_enc.new_zeros
         init = (zeros(x_enc.shape), zeros(batch, classes), zeros(batch, classes), zeros(x_enc.shape))
         solution = solve(step, init, hp.threshold * hp.dt, hp.max_iter)
-        u_star, _ = control(solution.state[1], solution.state[2])
+        u_star, _ = output_control(hp, loss_fn, solution.state[1], y, solution.state[2])
         return solution, u_star
 
     @staticmethod
@@ -454,12 +467,12 @@ class _ControlledTrainer(_MetaTrainer):
         x, y = batch
         with torch.no_grad():
             x_enc = model.encode(x)
-        loss = _free_loss(model, x_enc, y, loss_fn)
+        loss = free_loss(model, x_enc, y, loss_fn)
         solution, u_star = self.relax(model, x_enc, y, loss_fn)
         v_star, _, _, e_star = solution.state
         self.update(model, x, v_star, e_star, u_star)
         passes = self.passes_per_iter * solution.iterations + 3
-        return loss, _costs(solution.iterations, passes, solution.converged)
+        return loss, step_costs(solution.iterations, passes, solution.converged)
 
     def update(
         self, model: EquilibriumModel, x: Tensor, v_star: Tensor, e_star: Tensor, u_star: Tensor
@@ -592,7 +605,7 @@ class LCPKollenPollack(_ControlledTrainer):
             (-(target * back).sum()).backward()  # type: ignore[no-untyped-call]
 
 
-class LCPEnergyBased(_MetaTrainer):
+class LCPEnergyBased(MetaTrainer):
     """LCP by direct energy minimisation: find the controlled equilibrium with an inner optimizer.
 
     .. math::
@@ -631,7 +644,7 @@ class LCPEnergyBased(_MetaTrainer):
                 y0 = model.decode(v0)
             loss = float(loss_fn(y0, y))
         else:
-            loss = _free_loss(model, x_enc, y, loss_fn)
+            loss = free_loss(model, x_enc, y, loss_fn)
             v0 = torch.zeros_like(x_enc)
             with torch.no_grad():
                 y0 = torch.zeros_like(model.decode(v0))
@@ -665,7 +678,7 @@ class LCPEnergyBased(_MetaTrainer):
             u_star = y_star - model.decode(v_star)
         apply_control_update(model, x, v_star, e_star, u_star)
         passes = free_iters + 3 * hp.max_iter + 1 + 3
-        return loss, _costs(free_iters + hp.max_iter, passes, True)
+        return loss, step_costs(free_iters + hp.max_iter, passes, True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -684,8 +697,8 @@ def _control_space() -> dict[str, FloatDistribution]:
     }
 
 
-def _builder(cls: type[_MetaTrainer]) -> Callable[[nn.Module, Any], _MetaTrainer]:
-    def build(model: nn.Module, hparams: Any) -> _MetaTrainer:
+def _builder(cls: type[MetaTrainer]) -> Callable[[nn.Module, Any], MetaTrainer]:
+    def build(model: nn.Module, hparams: Any) -> MetaTrainer:
         return cls(model, hparams)
 
     return build
@@ -735,7 +748,7 @@ LCP_KP_RULE = RuleInfo(
     build=_builder(LCPKollenPollack),
     search_space=_control_space(),
     reference=LCP_PAPER,
-    unsupported=_needs_layered,
+    unsupported=needs_layered("lcp_kp", "learns feedback weights for linear links between state blocks"),
     error_cases=_CONTROL_ERRORS,
     test_hparams={"threshold": 1e-4, "max_iter": 100},
 )
