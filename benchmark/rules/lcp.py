@@ -1,9 +1,9 @@
 """Least-control principle (LCP) trainers for equilibrium models: bp, rbp, lcp_di, lcp_kp, lcp_ebd.
 
 Meulemans, Zucchet, Kobayashi, von Oswald & Sacramento, "The least-control principle for local
-learning at equilibrium", NeurIPS 2022, https://arxiv.org/abs/2207.01332. Facts (dynamics, defaults,
-step order) from seijin-kobayashi/least-control @ e867d49 ``fixpoint_trainer.py`` and
-``run_classification.py``, as summarised in ``shared/references/lcp.md``; the code is ours.
+learning at equilibrium", NeurIPS 2022, https://arxiv.org/abs/2207.01332. The dynamics, defaults
+and step order follow the authors' code (github.com/seijin-kobayashi/least-control @ e867d49,
+``fixpoint_trainer.py`` and ``run_classification.py``); the code is ours.
 
 Each trainer is a :class:`~benchmark.rules.base.LearningRule` that owns the whole step: it relaxes
 the model to an equilibrium (free, or controlled toward the target), writes a weight update into

@@ -1,8 +1,9 @@
 """LCP with linear feedback (lcp_lf): the hidden control is a fixed-shape linear map of the output control.
 
 Meulemans et al., "The least-control principle for local learning at equilibrium", NeurIPS 2022,
-https://arxiv.org/abs/2207.01332 ("LCP-LF" rows of Table 1). Facts from seijin-kobayashi/least-control
-@ e867d49 ``fixpoint_trainer.py`` (lcp-lf), as summarised in ``shared/references/lcp.md`` §2; our code.
+https://arxiv.org/abs/2207.01332 ("LCP-LF" rows of Table 1). The dynamics follow the authors' code
+(github.com/seijin-kobayashi/least-control @ e867d49, ``fixpoint_trainer.py``, ``LCPLinearFeedback``);
+the code is ours.
 """
 
 from __future__ import annotations

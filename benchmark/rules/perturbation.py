@@ -1,7 +1,8 @@
 """Zeroth-order rules that own the step: antithetic weight perturbation and node perturbation.
 
 Both estimate the gradient from two loss evaluations under opposite random perturbations
-(references/dynamics.md §5; García Fernández, Ahmad & van Gerven 2025; Werfel, Xie & Seung 2005):
+(García Fernández, Ahmad & van Gerven 2025, https://arxiv.org/abs/2510.18812; Werfel, Xie & Seung,
+"Learning curves for stochastic gradient descent in linear feedforward networks", Neural Computation 2005):
 
 .. math::
 

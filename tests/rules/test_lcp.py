@@ -175,7 +175,7 @@ def test_lcp_di_update_points_along_the_gradient_under_weak_control(kind: str) -
     """Weak control (β = k_i/α → 0) with exact inversion: update/β → the rbp gradient.
 
     Bound: cosine similarity above 0.9999 and relative error below 1e-2 at β = 1e-3 (the error is
-    O(β); the reference-derived numpy check in lcp.md §5.4 gave 1.07e-3 at this β).
+    O(β); a numpy re-implementation of the authors' equations gave 1.07e-3 at this β).
     """
     model = _tiny(kind)
     batch = _batch()
