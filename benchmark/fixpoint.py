@@ -8,7 +8,8 @@ An equilibrium model maps an input ``x`` to an injection ``x̃ = encode(x)``, th
 that solves ``v = f(x̃, v)``, then to the output ``ŷ = g(v*)``. Every state here is a flat
 ``(batch, n)`` tensor; models with several blocks or feature maps reshape internally.
 
-Facts from seijin-kobayashi/least-control (``fixpoint_solver.py``, ``implicit_model.py``); our code.
+The solver and the models follow the least-control principle's code (Meulemans et al. 2022,
+github.com/seijin-kobayashi/least-control, ``fixpoint_solver.py`` and ``implicit_model.py``); our code.
 """
 
 from __future__ import annotations
@@ -172,19 +173,22 @@ def attach_implicit(
     """Re-attach the equilibrium to the graph with an implicit-function-theorem backward.
 
     ``v̂ = f(x̃, v*)`` is one graph-recording call at the solved ``v*``. In the backward pass the
-    incoming ``a = ∂L/∂v̂`` is replaced by the solution of ``w = Jᵀw + a`` (``J = ∂f/∂v`` at ``v*``),
-    found by the same solver started from ``a`` (Neumann iteration). What then flows through ``f``
-    into its parameters and the encoder is ``(∂f/∂θ)ᵀ(I − Jᵀ)⁻¹a``, the exact gradient at the
-    equilibrium.
+    incoming ``a = ∂L/∂v̂`` is replaced by the solution of ``w = Jᵀw + a``, found by the same solver
+    started from ``a`` (Neumann iteration). What then flows through ``f`` into its parameters and
+    the encoder is ``(∂f/∂θ)ᵀ(I − Jᵀ)⁻¹a``, the exact gradient at the equilibrium.
+
+    ``J = ∂f/∂v`` is taken at ``v̂``, as in the authors' code (seijin-kobayashi/least-control,
+    ``RBP.forward_train``): the state the loss reads. At an exact fixed point ``v̂ = v*``; at the
+    solver's threshold the two Jacobians differ by O(threshold).
 
     Returns:
         ``v̂`` and the statistics of the adjoint solve (filled in during backward).
     """
     stats = AdjointStats()
-    v_in = v_star.detach().requires_grad_(True)
+    v_hat = model.implicit(x_enc, v_star.detach())
+    v_in = v_hat.detach().requires_grad_(True)
     with torch.enable_grad():
         f_adj = model.implicit(x_enc.detach(), v_in)
-    v_hat = model.implicit(x_enc, v_star.detach())
 
     def hook(grad: Tensor) -> Tensor:
         def adjoint_step(state: State) -> State:

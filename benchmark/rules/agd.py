@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from benchmark.rules.base import ErrorCase, HParams, OptimizerRule, RuleInfo
+from benchmark.rules.support import task_model
 
 if TYPE_CHECKING:
     from benchmark.tasks.base import TaskInfo
@@ -365,13 +366,8 @@ def prepare_agd(model: nn.Module, generator: torch.Generator, hp: AGDHParams) ->
 
 
 def agd_unsupported(task: TaskInfo, options: BaseModel) -> str | None:
-    """Why AGD cannot run ``task`` with ``options`` (a bias or other non-matrix weight), or None.
-
-    The model is built on the CPU (task builders draw a seed from the generator, which the meta
-    device cannot give), which costs well under a second even for a ResNet-50.
-    """
-    model = task.build_model(options, torch.Generator())
-    bad = first_unsupported(model.named_parameters())
+    """Why AGD cannot run ``task`` with ``options`` (a bias or other non-matrix weight), or None."""
+    bad = first_unsupported(task_model(task, options).named_parameters())
     if bad is None:
         return None
     reason = f"AGD supports only 2-D (linear) and 4-D (conv) weights; {task.name} has {bad}"

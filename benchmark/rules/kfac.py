@@ -21,9 +21,10 @@ import torch
 from optuna.distributions import FloatDistribution
 from pydantic import Field
 from torch import Tensor, nn
-from torch.func import hessian
 
 from benchmark.rules.base import ErrorCase, HParams, RuleInfo
+from benchmark.rules.gauss_newton import output_hessian_factor
+from benchmark.rules.support import task_model
 from benchmark.types import Batch, LossFn
 
 if TYPE_CHECKING:
@@ -49,43 +50,6 @@ def unsupported_layers(model: nn.Module) -> list[str]:
         if not isinstance(module, nn.Linear) or not module.weight.requires_grad:
             bad.append(f"{name or '<root>'} ({type(module).__name__})")
     return bad
-
-
-def output_hessian_factor(out: Tensor, targets: Tensor, loss_fn: LossFn) -> Tensor:
-    """``V`` of shape ``(R, *out.shape)`` that factors ``Λ = ∂²L/∂out²`` (its PSD part) column by column.
-
-    A loss that is a sum or mean of per-sample terms has a block-diagonal ``Λ``, one ``K × K`` block
-    per sample (``K`` = outputs per sample); each block is factored by its own eigen-decomposition,
-    ``Λ_n = Σ_r V_r[n] V_r[n]ᵀ`` with ``R = K``, so one batched backward of ``V_r`` serves every sample
-    at once. Any other loss gets the dense factorisation ``Λ = Σ_r vec(V_r) vec(V_r)ᵀ`` (``R`` up to
-    batch × K); K-FAC then keeps only each row's own terms ``s_{m,r} s_{m,r}ᵀ``, its usual assumption
-    that samples are independent. Negative eigenvalues (non-convex losses) are clipped at 0, the
-    Gauss–Newton choice.
-    """
-    shape = out.shape
-    flat = out.detach().reshape(-1)
-
-    def loss_of(flat_out: Tensor) -> Tensor:
-        return loss_fn(flat_out.reshape(shape), targets)
-
-    full = hessian(loss_of)(flat)
-    if not bool(torch.isfinite(full).all()):
-        return flat.new_zeros(0, *shape)  # a diverged step: no curvature to learn from
-    full = 0.5 * (full + full.T)
-    size, batch = flat.numel(), shape[0] if len(shape) else 1
-    per = size // batch if batch > 0 and size % batch == 0 else size
-    if per < size:
-        grid = full.reshape(batch, per, batch, per)
-        blocks = torch.diagonal(grid, dim1=0, dim2=2).permute(2, 0, 1)  # (batch, per, per)
-        if float(full.abs().sum() - blocks.abs().sum()) <= 1e-12 * float(full.abs().sum()):
-            evals, evecs = torch.linalg.eigh(blocks)
-            factor = evecs * evals.clamp_min(0).sqrt()[:, None, :]  # Λ_n = factor_n factor_nᵀ
-            blocked: Tensor = factor.permute(2, 0, 1).reshape(per, *shape)
-            return blocked
-    evals, evecs = torch.linalg.eigh(full)
-    keep = evals > evals.abs().max().clamp_min(1e-30) * 1e-12
-    rows: Tensor = (evecs[:, keep] * evals[keep].sqrt()).T.reshape(-1, *shape)
-    return rows
 
 
 def damped_inverse(matrix: Tensor, delta: float) -> Tensor:
@@ -212,10 +176,13 @@ class KFAC(torch.optim.Optimizer):
     @torch.no_grad()
     def update_curvature(self, out: Tensor, targets: Tensor, loss_fn: LossFn) -> None:
         """Fold this batch's ``A`` and ``G`` into the running averages; the forward's graph is kept."""
+        # Λ's factor as R columns shaped like the output: K per-sample columns (one batched backward
+        # serves every sample; K-FAC keeps each row's own terms), or the dense factor's columns.
         factor = output_hessian_factor(out, targets, loss_fn)
-        if factor.shape[0] == 0:  # Λ = 0 (or not finite): this batch adds nothing to G
+        if factor.shape[-1] == 0:  # Λ = 0 (or not finite): this batch adds nothing to G
             self._seen = {}
             return
+        factor = factor.permute(2, 0, 1).reshape(-1, *out.shape)
         recorded = [(index, a, z) for index, calls in sorted(self._seen.items()) for a, z in calls]
         backs = self._backpropagate(out, [z for _, _, z in recorded], factor)
         inputs: dict[int, list[Tensor]] = {}
@@ -342,9 +309,8 @@ def build_kfac(model: nn.Module, hp: KFACHParams) -> KFACRule:
 
 
 def refuse_non_linear_layers(task: TaskInfo, options: Any) -> str | None:
-    """Build the task's model (cheap by contract) and name the layers K-FAC cannot factor."""
-    model = task.build_model(options, torch.Generator().manual_seed(0))
-    bad = unsupported_layers(model)
+    """Name the layers of the task's model that K-FAC cannot factor."""
+    bad = unsupported_layers(task_model(task, options))
     if bad:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         return f"kfac factors nn.Linear layers only; {task.name} has {', '.join(bad[:3])}{more}"

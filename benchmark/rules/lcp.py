@@ -1,9 +1,9 @@
 """Least-control principle (LCP) trainers for equilibrium models: bp, rbp, lcp_di, lcp_kp, lcp_ebd.
 
 Meulemans, Zucchet, Kobayashi, von Oswald & Sacramento, "The least-control principle for local
-learning at equilibrium", NeurIPS 2022, https://arxiv.org/abs/2207.01332. Facts (dynamics, defaults,
-step order) from seijin-kobayashi/least-control @ e867d49 ``fixpoint_trainer.py`` and
-``run_classification.py``, as summarised in ``shared/references/lcp.md``; the code is ours.
+learning at equilibrium", NeurIPS 2022, https://arxiv.org/abs/2207.01332. The dynamics, defaults
+and step order follow the authors' code (github.com/seijin-kobayashi/least-control @ e867d49,
+``fixpoint_trainer.py`` and ``run_classification.py``); the code is ours.
 
 Each trainer is a :class:`~benchmark.rules.base.LearningRule` that owns the whole step: it relaxes
 the model to an equilibrium (free, or controlled toward the target), writes a weight update into
@@ -51,6 +51,7 @@ from benchmark.fixpoint import (
     solve,
 )
 from benchmark.rules.base import ErrorCase, HParams, RuleInfo
+from benchmark.rules.support import task_model
 from benchmark.types import Batch, LossFn
 
 if TYPE_CHECKING:
@@ -58,11 +59,20 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BP",
+    "LCP_PAPER",
     "LCP_RULES",
     "RBP",
+    "ControlHParams",
+    "Grads",
     "LCPDynamicInversion",
     "LCPEnergyBased",
     "LCPKollenPollack",
+    "MetaTrainer",
+    "free_loss",
+    "loss_gradient",
+    "needs_layered",
+    "output_control",
+    "step_costs",
 ]
 
 LCP_PAPER = "https://arxiv.org/abs/2207.01332"
@@ -154,13 +164,8 @@ def _equilibrium(model: nn.Module) -> EquilibriumModel:
     return model
 
 
-def _probe_model(task: TaskInfo, options: Any) -> nn.Module:
-    # build_model is cheap by contract; a fixed generator keeps the planner deterministic.
-    return task.build_model(options, torch.Generator().manual_seed(0))
-
-
 def _needs_equilibrium(task: TaskInfo, options: Any) -> str | None:
-    model = _probe_model(task, options)
+    model = task_model(task, options)
     if not isinstance(model, EquilibriumModel):
         return (
             f"task {task.name!r} builds a {type(model).__name__}, not an equilibrium model "
@@ -170,7 +175,7 @@ def _needs_equilibrium(task: TaskInfo, options: Any) -> str | None:
 
 
 def _needs_feedforward(task: TaskInfo, options: Any) -> str | None:
-    model = _probe_model(task, options)
+    model = task_model(task, options)
     if not isinstance(model, EquilibriumModel) or model.feedforward_depth is None:
         return (
             f"bp unrolls a feedforward equilibrium model; task {task.name!r} is not one "
@@ -179,17 +184,21 @@ def _needs_feedforward(task: TaskInfo, options: Any) -> str | None:
     return None
 
 
-def _needs_layered(task: TaskInfo, options: Any) -> str | None:
-    model = _probe_model(task, options)
-    if not isinstance(model, LayeredEquilibriumModel):
+def needs_layered(rule: str, why: str) -> Callable[[TaskInfo, Any], str | None]:
+    """``unsupported`` for a rule that needs a :class:`LayeredEquilibriumModel`; ``why`` says for what."""
+
+    def unsupported(task: TaskInfo, options: Any) -> str | None:
+        if isinstance(task_model(task, options), LayeredEquilibriumModel):
+            return None
         return (
-            f"lcp_kp learns feedback weights for linear links between state blocks; task {task.name!r} "
-            "has no layered equilibrium model (LayeredEquilibriumModel); use lcp_di"
+            f"{rule} {why}; task {task.name!r} has no layered equilibrium model "
+            "(LayeredEquilibriumModel); use lcp_di"
         )
-    return None
+
+    return unsupported
 
 
-class _MetaTrainer:
+class MetaTrainer:
     """Owns the meta-optimizer, the cosine schedule and the cost counters; subclasses fill ``.grad``.
 
     Step order as in the reference: relaxation (and any pre-step decay) → zero_grad → write the
@@ -285,7 +294,7 @@ class _MetaTrainer:
                 tensor.copy_(saved)
 
 
-def _costs(iters: float, passes: float, converged: bool) -> Grads:
+def step_costs(iters: float, passes: float, converged: bool) -> Grads:
     return {
         "rule/solver_iters": float(iters),
         "rule/forward_passes": float(passes),
@@ -293,7 +302,15 @@ def _costs(iters: float, passes: float, converged: bool) -> Grads:
     }
 
 
-def _loss_gradient(loss_fn: LossFn, y_hat: Tensor, target: Tensor) -> Tensor:
+def output_control(
+    hp: ControlHParams, loss_fn: LossFn, y_hat: Tensor, target: Tensor, u_i: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``(u, ∇L(ŷ))`` with the output control ``u = k_i u_i − k_p ∇L(ŷ)``."""
+    grad = loss_gradient(loss_fn, y_hat, target)
+    return hp.k_i * u_i - hp.k_p * grad, grad
+
+
+def loss_gradient(loss_fn: LossFn, y_hat: Tensor, target: Tensor) -> Tensor:
     """``∇L(ŷ)`` through the task's own loss (a batch mean, so it includes ``1/B``)."""
     with torch.enable_grad():
         leaf = y_hat.detach().requires_grad_(True)
@@ -302,13 +319,13 @@ def _loss_gradient(loss_fn: LossFn, y_hat: Tensor, target: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def _free_loss(model: EquilibriumModel, x_enc: Tensor, target: Tensor, loss_fn: LossFn) -> float:
+def free_loss(model: EquilibriumModel, x_enc: Tensor, target: Tensor, loss_fn: LossFn) -> float:
     return float(loss_fn(model.decode(model.solve_free(x_enc).state[0]), target))
 
 
-def _apply_control_update(
+def apply_control_update(
     model: EquilibriumModel, x: Tensor, v_star: Tensor, e_star: Tensor, u_star: Tensor
-) -> None:
+) -> Tensor:
     """The LCP weight update from a controlled equilibrium, written into ``.grad``.
 
     With ``v̂ = f(x̃, v*) + e*`` and ``ŷ' = g(v̂) + u*`` recorded, the gradient on ``v̂`` is replaced by
@@ -319,7 +336,7 @@ def _apply_control_update(
         Δθ_f ∝ −(∂f/∂θ)ᵀ e^*, \\qquad Δθ_g ∝ −(∂g/∂θ)ᵀ u^*
 
     (into the encoder through ``x̃``). For a link ``W`` from block ``i`` to ``j`` this is
-    ``−Σ_batch e*_j φ(v*_i)ᵀ``: local in space and time.
+    ``−Σ_batch e*_j φ(v*_i)ᵀ``: local in space and time. Returns ``v̂`` (detached).
     """
     with torch.enable_grad():
         x_enc = model.encode(x)
@@ -327,13 +344,14 @@ def _apply_control_update(
         y_prime = model.decode(v_hat.detach()) + u_star
         surrogate = -(e_star * v_hat).sum() - (u_star * y_prime).sum()
         surrogate.backward()  # type: ignore[no-untyped-call]
+    return v_hat.detach()
 
 
 # --------------------------------------------------------------------------------------------------
 # Trainers
 
 
-class BP(_MetaTrainer):
+class BP(MetaTrainer):
     """Backpropagation through a feedforward equilibrium model unrolled from zero.
 
     .. math::
@@ -360,10 +378,10 @@ class BP(_MetaTrainer):
             raise TypeError("bp needs a feedforward equilibrium model (feedforward_depth set)")
         loss = loss_fn(model.decode(model.unroll(model.encode(x), depth)), y)
         loss.backward()  # type: ignore[no-untyped-call]
-        return float(loss.detach()), _costs(depth, 3 * depth, True)
+        return float(loss.detach()), step_costs(depth, 3 * depth, True)
 
 
-class RBP(_MetaTrainer):
+class RBP(MetaTrainer):
     """Recurrent backpropagation: the exact gradient at the free equilibrium, by implicit differentiation.
 
     .. math::
@@ -397,12 +415,12 @@ class RBP(_MetaTrainer):
         iters = free.iterations + adjoint.iterations
         # forward: one f per iteration + the re-attached f and its backward (1 + 2); adjoint: one VJP each.
         passes = free.iterations + 3 + 2 * adjoint.iterations
-        costs = _costs(iters, passes, free.converged and adjoint.converged)
+        costs = step_costs(iters, passes, free.converged and adjoint.converged)
         costs["rule/adjoint_iters"] = float(adjoint.iterations)
         return float(loss.detach()), costs
 
 
-class _ControlledTrainer(_MetaTrainer):
+class _ControlledTrainer(MetaTrainer):
     """Relaxes ``(v, ŷ, u_i, e)`` from zero under integral(+proportional) control, then updates."""
 
     hparams: ControlHParams
@@ -421,13 +439,9 @@ class _ControlledTrainer(_MetaTrainer):
         """The controlled equilibrium; returns the solution ``(v, ŷ, u_i, e)`` and ``u*``."""
         hp = self.hparams
 
-        def control(y_hat: Tensor, u_i: Tensor) -> tuple[Tensor, Tensor]:
-            grad = _loss_gradient(loss_fn, y_hat, y)
-            return hp.k_i * u_i - hp.k_p * grad, grad
-
         def step(state: State) -> State:
             v, y_hat, u_i, e = state
-            u, grad = control(y_hat, u_i)
+            u, grad = output_control(hp, loss_fn, y_hat, y, u_i)
             f_v, g_v, e_dot = self.feedback_step(model, x_enc, v, e, u)
             with torch.no_grad():
                 return (
@@ -441,7 +455,7 @@ class _ControlledTrainer(_MetaTrainer):
         zeros = x_enc.new_zeros
         init = (zeros(x_enc.shape), zeros(batch, classes), zeros(batch, classes), zeros(x_enc.shape))
         solution = solve(step, init, hp.threshold * hp.dt, hp.max_iter)
-        u_star, _ = control(solution.state[1], solution.state[2])
+        u_star, _ = output_control(hp, loss_fn, solution.state[1], y, solution.state[2])
         return solution, u_star
 
     @staticmethod
@@ -453,17 +467,17 @@ class _ControlledTrainer(_MetaTrainer):
         x, y = batch
         with torch.no_grad():
             x_enc = model.encode(x)
-        loss = _free_loss(model, x_enc, y, loss_fn)
+        loss = free_loss(model, x_enc, y, loss_fn)
         solution, u_star = self.relax(model, x_enc, y, loss_fn)
         v_star, _, _, e_star = solution.state
         self.update(model, x, v_star, e_star, u_star)
         passes = self.passes_per_iter * solution.iterations + 3
-        return loss, _costs(solution.iterations, passes, solution.converged)
+        return loss, step_costs(solution.iterations, passes, solution.converged)
 
     def update(
         self, model: EquilibriumModel, x: Tensor, v_star: Tensor, e_star: Tensor, u_star: Tensor
     ) -> None:
-        _apply_control_update(model, x, v_star, e_star, u_star)
+        apply_control_update(model, x, v_star, e_star, u_star)
 
 
 class LCPDynamicInversion(_ControlledTrainer):
@@ -480,7 +494,7 @@ class LCPDynamicInversion(_ControlledTrainer):
 
     until the relative change is under ``threshold·dt``. At equilibrium (``k_p = 0``)
     ``u* = −(k_i/α)∇L``, ``e* = (I − Jᵀ)⁻¹J_gᵀu*`` (the inversion) and the update is
-    ``Δθ_f ∝ −(∂f/∂θ)ᵀe*``, ``Δθ_g ∝ −(∂g/∂θ)ᵀu*`` (see :func:`_apply_control_update`). As
+    ``Δθ_f ∝ −(∂f/∂θ)ᵀe*``, ``Δθ_g ∝ −(∂g/∂θ)ᵀu*`` (see :func:`apply_control_update`). As
     ``β = k_i/α → 0`` the update divided by ``β`` tends to the rbp gradient; at finite β it is the
     gradient of the least-control objective.
 
@@ -518,9 +532,10 @@ class LCPKollenPollack(_ControlledTrainer):
         ė = −e + φ'(v) ⊙ (B e + D_{fb} u)
 
     the other dynamics as :class:`LCPDynamicInversion`. The forward update is DI's; the feedback
-    gradient at ``B e* + D_fb u*`` is set to ``−φ(v*)``, so ``grad_B = grad_W`` and
-    ``grad_{D_fb} = grad_D`` exactly. Each step starts by multiplying links, readout and feedback
-    (not the encoder) by ``1 − kp_wd``, so with no other decay ``W − B`` shrinks geometrically.
+    gradient at ``B e* + D_fb u*`` is set to ``−φ(v̂)``, ``v̂ = f(x̃, v*) + e*`` (the authors' code),
+    so at an exact equilibrium (``v̂ = v*``) ``grad_B = grad_W`` and ``grad_{D_fb} = grad_D``.
+    Each step starts by multiplying links, readout and feedback (not the encoder) by
+    ``1 − kp_wd``, so with no other decay ``W − B`` shrinks geometrically.
 
     Args:
         model: a :class:`~benchmark.fixpoint.LayeredEquilibriumModel`.
@@ -528,7 +543,8 @@ class LCPKollenPollack(_ControlledTrainer):
 
     Differences from the paper: ``B`` starts uniform and scaled to unit Frobenius norm per link
     (the reference copies ``f`` with fresh default init, then normalises); ``D_fb`` starts
-    ``N(0, 1/(10·readout))`` in variance. ``B`` and ``D_fb`` are the rule's state, not the model's.
+    ``N(0, 1/(C·H))`` in variance (``C`` classes, ``H`` readout units), as the reference's.
+    ``B`` and ``D_fb`` are the rule's state, not the model's.
 
     When not to use: on models without linear links (the conv-rnn DEQ block); use lcp_di.
 
@@ -546,7 +562,7 @@ class LCPKollenPollack(_ControlledTrainer):
             b = torch.empty_like(weight.detach()).uniform_(-1, 1)
             feedback.append(b / b.norm())
         readout = model.decoder.weight.detach()
-        d_fb = torch.randn_like(readout) * math.sqrt(1 / (10 * readout.shape[1]))
+        d_fb = torch.randn_like(readout) * math.sqrt(1 / readout.numel())  # N(0, 1/(C·H))
         self.feedback_weights = [t.requires_grad_(True) for t in feedback]
         self.readout_feedback = d_fb.requires_grad_(True)
         super().__init__(model, hparams, aux=[*self.feedback_weights, self.readout_feedback])
@@ -581,15 +597,15 @@ class LCPKollenPollack(_ControlledTrainer):
     def update(
         self, model: EquilibriumModel, x: Tensor, v_star: Tensor, e_star: Tensor, u_star: Tensor
     ) -> None:
-        _apply_control_update(model, x, v_star, e_star, u_star)
+        v_hat = apply_control_update(model, x, v_star, e_star, u_star)
         layered = self.layered
         with torch.enable_grad():
             back = layered.feedback(e_star, u_star, self.feedback_weights, self.readout_feedback)
-            target = activate(v_star, layered.activation).detach()
+            target = activate(v_hat, layered.activation)
             (-(target * back).sum()).backward()  # type: ignore[no-untyped-call]
 
 
-class LCPEnergyBased(_MetaTrainer):
+class LCPEnergyBased(MetaTrainer):
     """LCP by direct energy minimisation: find the controlled equilibrium with an inner optimizer.
 
     .. math::
@@ -628,7 +644,7 @@ class LCPEnergyBased(_MetaTrainer):
                 y0 = model.decode(v0)
             loss = float(loss_fn(y0, y))
         else:
-            loss = _free_loss(model, x_enc, y, loss_fn)
+            loss = free_loss(model, x_enc, y, loss_fn)
             v0 = torch.zeros_like(x_enc)
             with torch.no_grad():
                 y0 = torch.zeros_like(model.decode(v0))
@@ -660,9 +676,9 @@ class LCPEnergyBased(_MetaTrainer):
             v_star, y_star = v.detach(), y_hat.detach()
             e_star = v_star - model.implicit(x_enc, v_star)
             u_star = y_star - model.decode(v_star)
-        _apply_control_update(model, x, v_star, e_star, u_star)
+        apply_control_update(model, x, v_star, e_star, u_star)
         passes = free_iters + 3 * hp.max_iter + 1 + 3
-        return loss, _costs(free_iters + hp.max_iter, passes, True)
+        return loss, step_costs(free_iters + hp.max_iter, passes, True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -681,8 +697,8 @@ def _control_space() -> dict[str, FloatDistribution]:
     }
 
 
-def _builder(cls: type[_MetaTrainer]) -> Callable[[nn.Module, Any], _MetaTrainer]:
-    def build(model: nn.Module, hparams: Any) -> _MetaTrainer:
+def _builder(cls: type[MetaTrainer]) -> Callable[[nn.Module, Any], MetaTrainer]:
+    def build(model: nn.Module, hparams: Any) -> MetaTrainer:
         return cls(model, hparams)
 
     return build
@@ -732,7 +748,7 @@ LCP_KP_RULE = RuleInfo(
     build=_builder(LCPKollenPollack),
     search_space=_control_space(),
     reference=LCP_PAPER,
-    unsupported=_needs_layered,
+    unsupported=needs_layered("lcp_kp", "learns feedback weights for linear links between state blocks"),
     error_cases=_CONTROL_ERRORS,
     test_hparams={"threshold": 1e-4, "max_iter": 100},
 )

@@ -1,8 +1,9 @@
 """LCP with linear feedback (lcp_lf): the hidden control is a fixed-shape linear map of the output control.
 
 Meulemans et al., "The least-control principle for local learning at equilibrium", NeurIPS 2022,
-https://arxiv.org/abs/2207.01332 ("LCP-LF" rows of Table 1). Facts from seijin-kobayashi/least-control
-@ e867d49 ``fixpoint_trainer.py`` (lcp-lf), as summarised in ``shared/references/lcp.md`` §2; our code.
+https://arxiv.org/abs/2207.01332 ("LCP-LF" rows of Table 1). The dynamics follow the authors' code
+(github.com/seijin-kobayashi/least-control @ e867d49, ``fixpoint_trainer.py``, ``LCPLinearFeedback``);
+the code is ours.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ from benchmark.rules.lcp import (
     LCP_PAPER,
     ControlHParams,
     Grads,
-    _costs,
-    _free_loss,
-    _loss_gradient,
-    _MetaTrainer,
-    _needs_layered,
+    MetaTrainer,
+    free_loss,
+    needs_layered,
+    output_control,
+    step_costs,
 )
 from benchmark.types import Batch, LossFn
 
@@ -44,7 +45,7 @@ class LFHParams(ControlHParams):
     """Time constant of the Ornstein–Uhlenbeck noise (not set by any README command; 1 assumed)."""
 
 
-class LCPLinearFeedback(_MetaTrainer):
+class LCPLinearFeedback(MetaTrainer):
     """LCP with linear feedback ``e = Q u``, where ``Q`` is learnt from noise, not by the meta-optimizer.
 
     Controlled relaxation from zero (Euler, step ``dt``), with no hidden-control dynamics:
@@ -97,15 +98,11 @@ class LCPLinearFeedback(_MetaTrainer):
         layered = self.layered
         with torch.no_grad():
             x_enc = layered.encode(x)
-        loss = _free_loss(layered, x_enc, y, loss_fn)
-
-        def control(y_hat: Tensor, u_i: Tensor) -> tuple[Tensor, Tensor]:
-            grad = _loss_gradient(loss_fn, y_hat, y)
-            return hp.k_i * u_i - hp.k_p * grad, grad
+        loss = free_loss(layered, x_enc, y, loss_fn)
 
         def step(state: State) -> State:
             v, y_hat, u_i = state
-            u, grad = control(y_hat, u_i)
+            u, grad = output_control(hp, loss_fn, y_hat, y, u_i)
             with torch.no_grad():
                 f_v, g_v = layered.implicit_and_decode(x_enc, v)
                 return (
@@ -118,7 +115,7 @@ class LCPLinearFeedback(_MetaTrainer):
         init = (zeros(x_enc.shape), zeros(len(x), self.classes), zeros(len(x), self.classes))
         solution = solve(step, init, hp.threshold * hp.dt, hp.max_iter)
         v_star, y_star, u_i_star = solution.state
-        u_star, _ = control(y_star, u_i_star)
+        u_star, _ = output_control(hp, loss_fn, y_star, y, u_i_star)
         e_star = u_star @ self.q.t()
 
         with torch.enable_grad():
@@ -130,7 +127,7 @@ class LCPLinearFeedback(_MetaTrainer):
         noise_iters = self._learn_q(x_enc, y, loss_fn, solution.state, u_star)
         iters = solution.iterations + noise_iters
         passes = solution.iterations + noise_iters + 3
-        return loss, _costs(iters, passes, solution.converged)
+        return loss, step_costs(iters, passes, solution.converged)
 
     @torch.no_grad()
     def _learn_q(self, x_enc: Tensor, y: Tensor, loss_fn: LossFn, start: State, u_star: Tensor) -> int:
@@ -143,8 +140,7 @@ class LCPLinearFeedback(_MetaTrainer):
         for _ in range(hp.max_iter):
             xi = torch.randn(v.shape, generator=self.generator, device=v.device)
             eps = eps + (hp.timescale_factor / hp.tau_eps) * (-dt_slow * eps + math.sqrt(dt_slow) * xi)
-            grad = _loss_gradient(loss_fn, y_hat, y)
-            u = hp.k_i * u_i - hp.k_p * grad
+            u, grad = output_control(hp, loss_fn, y_hat, y, u_i)
             feedback = u @ self.q.t() + hp.sigma * eps
             f_v, g_v = layered.implicit_and_decode(x_enc, v)
             c -= torch.einsum("bn,bc->nc", feedback, u - u_star) / (hp.sigma**2 * len(v))
@@ -170,11 +166,6 @@ def _build(model: nn.Module, hparams: Any) -> LCPLinearFeedback:
     return LCPLinearFeedback(model, hparams)
 
 
-def _needs_layered_lf(task: Any, options: Any) -> str | None:
-    reason = _needs_layered(task, options)
-    return None if reason is None else reason.replace("lcp_kp learns feedback weights", "lcp_lf needs φ'")
-
-
 LCP_LF_RULE = RuleInfo(
     name="lcp_lf",
     description="Least-control principle with linear feedback e = Q·u, Q learnt from noise.",
@@ -186,7 +177,7 @@ LCP_LF_RULE = RuleInfo(
         "wd_Q": FloatDistribution(1e-3, 1e-1, log=True),
     },
     reference=LCP_PAPER,
-    unsupported=_needs_layered_lf,
+    unsupported=needs_layered("lcp_lf", "needs φ' of linear links between state blocks"),
     error_cases=(
         ErrorCase({"lr": 0}, r"lr: expected greater than 0"),
         ErrorCase({"sigma": 0}, r"sigma: expected greater than 0"),

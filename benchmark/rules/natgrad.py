@@ -9,9 +9,11 @@ import torch
 from optuna.distributions import FloatDistribution
 from pydantic import Field
 from torch import Tensor, nn
-from torch.func import functional_call, hessian, jacrev
+from torch.func import functional_call, jacrev
 
 from benchmark.rules.base import ErrorCase, HParams, RuleInfo
+from benchmark.rules.gauss_newton import output_hessian_factor
+from benchmark.rules.support import task_model
 from benchmark.types import Batch, LossFn
 
 if TYPE_CHECKING:
@@ -32,8 +34,8 @@ def ggn_factor(model: nn.Module, batch: Batch, loss_fn: LossFn) -> tuple[Tensor,
     ``J`` is the Jacobian of every output of the batch with respect to the parameters (``m × D``, ``m`` =
     batch · outputs) and ``Λ`` the Hessian of the loss with respect to those outputs, so
     ``F = JᵀΛJ`` and ``g = Jᵀ∇_out L``. ``Λ`` is PSD for squared error and softmax cross-entropy
-    (for those losses F is the Fisher), and is factored as ``Λ = BBᵀ`` (eigenvalues clipped at 0),
-    giving ``A = BᵀJ``.
+    (for those losses F is the Fisher), and is factored as ``Λ = VVᵀ`` (eigenvalues clipped at 0;
+    :func:`~benchmark.rules.gauss_newton.output_hessian_factor`), giving ``A = VᵀJ``.
     """
     inputs, targets = batch
     names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -53,33 +55,19 @@ def ggn_factor(model: nn.Module, batch: Batch, loss_fn: LossFn) -> tuple[Tensor,
     jac = jacrev(lambda th: outputs(th).reshape(-1))(params)
     jacobian = torch.cat([jac[n].reshape(flat_out.numel(), -1) for n in names], dim=1)
     out_grad = torch.func.grad(loss_of)(flat_out)
-    out_hess = hessian(loss_of)(flat_out)
-    return loss_of(flat_out).detach(), jacobian.T @ out_grad, _factor_rows(out_hess, jacobian, shape[0])
+    factor = output_hessian_factor(out, targets, loss_fn)
+    return loss_of(flat_out).detach(), jacobian.T @ out_grad, _factor_rows(factor, jacobian)
 
 
-def _factor_rows(out_hess: Tensor, jacobian: Tensor, batch: int) -> Tensor:
-    """``A`` with ``AᵀA = JᵀΛJ``, from ``Λ = BBᵀ`` (eigenvalues clipped at 0; null directions dropped).
+def _factor_rows(factor: Tensor, jacobian: Tensor) -> Tensor:
+    """``A = VᵀJ`` block by block (``V`` from :func:`output_hessian_factor`), so that ``AᵀA = JᵀΛJ``.
 
-    A loss that is a sum or mean of per-sample terms has a block-diagonal Λ (one outputs × outputs block
-    per sample); those blocks are factored in one batched call, which is far cheaper than the dense
-    eigen-decomposition of Λ that any other loss gets.
+    Columns of ``V`` that are 0 (Λ's null space) give zero rows, which are dropped.
     """
-    size = out_hess.shape[0]
-    per = size // batch if batch > 0 and size % batch == 0 else size
-    sym = 0.5 * (out_hess + out_hess.T)
-    scale = sym.abs().max().clamp_min(1e-30)
-    if per < size:
-        grid = sym.reshape(batch, per, batch, per)
-        blocks = torch.diagonal(grid, dim1=0, dim2=2).permute(2, 0, 1)  # (batch, per, per)
-        if float(sym.abs().sum() - blocks.abs().sum()) <= 1e-12 * float(sym.abs().sum()):
-            evals, evecs = torch.linalg.eigh(blocks)
-            factor = evecs * evals.clamp_min(0).sqrt()[:, None, :]  # Λ_n = factor_n factor_nᵀ
-            rows = torch.einsum("nkr,nkd->nrd", factor, jacobian.reshape(batch, per, -1)).reshape(size, -1)
-            return rows[(evals > scale * 1e-12).reshape(-1)]  # Λ's null space adds nothing to F
-    evals, evecs = torch.linalg.eigh(sym)
-    keep = evals > scale * 1e-12
-    factored: Tensor = (evecs[:, keep] * evals[keep].sqrt()).T @ jacobian
-    return factored
+    blocks, per, _ = factor.shape
+    rows = torch.einsum("nkr,nkd->nrd", factor, jacobian.reshape(blocks, per, -1))
+    keep = factor.abs().sum(dim=1) > 0  # (blocks, R)
+    return rows[keep]
 
 
 def solve_damped(a: Tensor, g: Tensor, damping: float) -> Tensor:
@@ -182,8 +170,8 @@ def build_natgrad_exact(model: nn.Module, hp: NatGradExactHParams) -> NatGradExa
 
 
 def refuse_large_models(task: TaskInfo, options: Any) -> str | None:
-    """Build the task's model (cheap by contract) and refuse it above ``MAX_PARAMS`` parameters."""
-    model = task.build_model(options, torch.Generator().manual_seed(0))
+    """Refuse the task's model above ``MAX_PARAMS`` parameters, or with BatchNorm layers."""
+    model = task_model(task, options)
     count = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if count > MAX_PARAMS:
         return f"natgrad_exact needs at most {MAX_PARAMS} parameters; {task.name} has {count}"
@@ -332,8 +320,7 @@ def build_natgrad_diag(model: nn.Module, hp: NatGradDiagHParams) -> NatGradDiag:
 
 
 def refuse_batchnorm(task: TaskInfo, options: Any) -> str | None:
-    model = task.build_model(options, torch.Generator().manual_seed(0))
-    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in task_model(task, options).modules()):
         return "natgrad_diag differentiates per sample with torch.func; BatchNorm layers are not per-sample"
     return None
 

@@ -1,7 +1,8 @@
 """Zeroth-order rules that own the step: antithetic weight perturbation and node perturbation.
 
 Both estimate the gradient from two loss evaluations under opposite random perturbations
-(references/dynamics.md §5; García Fernández, Ahmad & van Gerven 2025; Werfel, Xie & Seung 2005):
+(García Fernández, Ahmad & van Gerven 2025, https://arxiv.org/abs/2510.18812; Werfel, Xie & Seung,
+"Learning curves for stochastic gradient descent in linear feedforward networks", Neural Computation 2005):
 
 .. math::
 
@@ -24,6 +25,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from benchmark.rules.base import ErrorCase, HParams, RuleInfo
+from benchmark.rules.support import task_model
 from benchmark.types import Batch, LossFn
 
 if TYPE_CHECKING:
@@ -216,7 +218,7 @@ def build_node_perturbation(model: nn.Module, hp: NodePerturbationHParams) -> No
 
 def linear_layers_only(task: TaskInfo, options: Any) -> str | None:
     """Node perturbation updates ``nn.Linear`` weights and biases only; refuse other trainable parameters."""
-    model = task.build_model(options, torch.Generator().manual_seed(0))
+    model = task_model(task, options)
     owned = {id(p) for layer in _linear_layers(model) for p in layer.parameters()}
     others = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in owned]
     if others:

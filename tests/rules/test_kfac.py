@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from benchmark import train
-from benchmark.rules.kfac import KFAC, KFAC_RULE, KFACRule, output_hessian_factor
+from benchmark.rules.kfac import KFAC, KFAC_RULE, KFACRule
 from benchmark.rules.natgrad import NatGradExact, ggn_factor
 from benchmark.tasks import TASKS
 from tests.helpers import make_spec
@@ -67,27 +67,6 @@ def test_on_one_linear_layer_the_factors_are_the_gauss_newton_matrix_and_steps_m
         rule.train_step(models[0], (x, y), _half_mse)
         exact.train_step(models[1], (x, y), _half_mse)
     torch.testing.assert_close(models[0].weight, models[1].weight, rtol=1e-10, atol=1e-12)
-
-
-def _sum_of_squares_of_means(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return (out - target).mean(dim=0).pow(2).sum()  # couples samples: Λ is not block-diagonal
-
-
-def test_output_factor_reproduces_the_output_hessian_per_sample_or_whole() -> None:
-    gen = torch.Generator().manual_seed(2)
-    out = torch.randn(5, 3, generator=gen, dtype=F64)
-    labels = torch.randint(0, 3, (5,), generator=gen)
-    ce = nn.functional.cross_entropy
-    hess = torch.func.hessian(lambda o: ce(o.reshape(5, 3), labels))(out.reshape(-1)).reshape(5, 3, 5, 3)
-    factor = output_hessian_factor(out, labels, ce)
-    assert factor.shape == (3, 5, 3)  # per-sample blocks: one column per output
-    for n in range(5):
-        torch.testing.assert_close(factor[:, n].T @ factor[:, n], hess[n, :, n], rtol=1e-10, atol=1e-12)
-    # A loss that couples the samples gets the factor of the whole Hessian.
-    target = 0.5 * out
-    coupled = torch.func.hessian(lambda o: _sum_of_squares_of_means(o.reshape(5, 3), target))(out.reshape(-1))
-    flat = output_hessian_factor(out, target, _sum_of_squares_of_means).reshape(-1, 15)
-    torch.testing.assert_close(flat.T @ flat, coupled, rtol=1e-10, atol=1e-12)
 
 
 def test_one_backward_per_column_gives_the_factors_of_the_batched_backward() -> None:

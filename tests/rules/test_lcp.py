@@ -129,12 +129,53 @@ def test_equilibrium_model_forward_with_grad_is_the_rbp_gradient() -> None:
     torch.testing.assert_close(_grads(model), expected, rtol=1e-8, atol=1e-11)
 
 
+def _reference_rbp_gradient(
+    model: EquilibriumModel, batch: tuple[torch.Tensor, torch.Tensor], threshold: float, max_iter: int
+) -> torch.Tensor:
+    """rbp as seijin-kobayashi/least-control's ``RBP.forward_train`` computes it, step by step.
+
+    Free solve to ``v*``; ``v̂ = f(x̃, v*)`` re-attached; the adjoint ``w = J(v̂)ᵀw + a`` solved from
+    ``a`` with the Jacobian taken at ``v̂``, not at ``v*``.
+    """
+    x, y = batch
+    model.zero_grad(set_to_none=True)
+    x_enc = model.encode(x)
+    with torch.no_grad():
+        start = (torch.zeros_like(x_enc),)
+        v_star = solve(lambda s: (model.implicit(x_enc, s[0]),), start, threshold, max_iter).state[0]
+    v_hat = model.implicit(x_enc, v_star)
+    v0 = v_hat.detach().requires_grad_(True)
+    f0 = model.implicit(x_enc, v0)
+
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        def adjoint(s: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            return (torch.autograd.grad(f0, v0, s[0], retain_graph=True)[0] + grad,)
+
+        return solve(adjoint, (grad,), threshold, max_iter).state[0]
+
+    v_hat.register_hook(hook)
+    nn.functional.cross_entropy(model.decode(v_hat), y).backward()
+    out = _grads(model).clone()
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def test_rbp_takes_the_adjoint_jacobian_at_f_of_the_solved_state_as_the_reference() -> None:
+    """Off the exact fixed point J(v*) and J(f(x̃, v*)) differ; the reference takes the latter."""
+    model = _tiny("rnn", contraction=0.9)
+    batch = _batch()
+    expected = _reference_rbp_gradient(model, batch, threshold=1e-2, max_iter=200)
+    learner = RBP(model, RBPHParams(threshold=1e-2, max_iter=200, grad_clip=None))
+    learner.compute_update(model, batch, nn.functional.cross_entropy)
+    torch.testing.assert_close(_grads(model), expected, rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("kind", ["rnn", "ff"])
 def test_lcp_di_update_points_along_the_gradient_under_weak_control(kind: str) -> None:
     """Weak control (β = k_i/α → 0) with exact inversion: update/β → the rbp gradient.
 
     Bound: cosine similarity above 0.9999 and relative error below 1e-2 at β = 1e-3 (the error is
-    O(β); the reference-derived numpy check in lcp.md §5.4 gave 1.07e-3 at this β).
+    O(β); a numpy re-implementation of the authors' equations gave 1.07e-3 at this β).
     """
     model = _tiny(kind)
     batch = _batch()
@@ -197,6 +238,42 @@ def test_lcp_kp_with_exact_transposes_equals_lcp_di() -> None:
     for b, w in zip(kp.feedback_weights, model.link_weights(), strict=True):
         torch.testing.assert_close(b.grad, w.grad)
     torch.testing.assert_close(kp.readout_feedback.grad, model.decoder.weight.grad)
+
+
+@pytest.mark.skipif("lcp_kp" not in LCP_NAMES, reason="lcp_kp not registered")
+def test_lcp_kp_feedback_target_is_phi_of_v_hat_as_the_reference() -> None:
+    """The feedback weights learn toward ``−φ(v̂)``, ``v̂ = f(x̃, v*) + e*`` (the reference's hook).
+
+    For the ff link ``W: block 0 → block 1`` the feedback term is ``e_1 B`` into block 0, so
+    ``grad_B = −Σ_batch e*_1 φ(v̂_0)ᵀ`` and ``grad_{D_fb} = −Σ_batch u* φ(v̂_1)ᵀ``. A loose threshold
+    keeps ``v*`` off the fixed point, where the two targets differ.
+    """
+    model = _tiny("ff")
+    x, y = _batch()
+    kp = LCPKollenPollack(model, KPHParams(alpha=1.0, k_i=10.0, threshold=1e-2, max_iter=50, kp_wd=0.0))
+    x_enc = model.encode(x).detach()
+    solution, u_star = kp.relax(model, x_enc, y, nn.functional.cross_entropy)
+    v_star, _, _, e_star = solution.state
+    with torch.no_grad():
+        v_hat = model.implicit(x_enc, v_star) + e_star
+    h0, h1 = (torch.tanh(part) for part in model.split(v_hat))
+    e1 = model.split(e_star)[1]
+    kp.compute_update(model, (x, y), nn.functional.cross_entropy)
+    (b,) = kp.feedback_weights
+    torch.testing.assert_close(b.grad, -e1.T @ h0, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(kp.readout_feedback.grad, -u_star.T @ h1, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.skipif("lcp_kp" not in LCP_NAMES, reason="lcp_kp not registered")
+def test_lcp_kp_readout_feedback_starts_with_variance_one_over_classes_times_width() -> None:
+    """``D_fb ~ N(0, 1/(C·H))`` as the reference's ``randn/√(C·H)``; with C = 2 classes, not 1/(10·H)."""
+    torch.manual_seed(0)
+    model = ff_model(5, 500, 2)
+    kp = LCPKollenPollack(model, KPHParams())
+    d_fb = kp.readout_feedback.detach()
+    assert d_fb.shape == (2, 500)
+    # 1000 draws: the sample variance is within ±15% of the true one with overwhelming probability.
+    assert float(d_fb.var()) * 2 * 500 == pytest.approx(1.0, rel=0.15)
 
 
 def test_lcp_rules_refuse_non_equilibrium_tasks() -> None:

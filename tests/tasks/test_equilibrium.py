@@ -34,7 +34,7 @@ def _count(model: nn.Module) -> int:
 
 
 def test_mnist_models_have_the_reference_sizes() -> None:
-    # 784·256 + 256 + 256·256 + 256 + 256·10 + 10, the same for both (lcp.md §1).
+    # 784·256 + 256 + 256·256 + 256 + 256·10 + 10, the same for both (the authors' implicit_model.py).
     assert _count(ff_model(784, 256, 10)) == 269_322
     assert _count(rnn_model(784, 256, 10)) == 269_322
     assert ff_model(784, 256, 10).state_size == 512
