@@ -90,7 +90,7 @@ def _task_section(task: str, rows: pd.DataFrame) -> list[str]:
             "",
         ]
     lines += [
-        f"![{task}: {test} over steps](plots/{plot_file(task)})",
+        f"![{task}: {val} over steps, each rule's selected point](plots/{plot_file(task)})",
         "",
         f"| rank | rule | points | val | test | test 95% CI | seeds | diverged | failed "
         f"| {clock} to target | train s | vs best |",
