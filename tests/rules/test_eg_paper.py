@@ -2,10 +2,10 @@
 
 1. Sparsely relevant inputs (r-of-k neuron, k = 100): at the sparsest setting (d = 20,000,
    k/d = 0.005) EG-SGD beats GD, each at the learning rate its seeds' mean final validation loss
-   picks (the paper's selection rule), with a 95% bootstrap interval of the paired difference over
+   picks (the paper's selection rule), with a 95% t interval of the paired difference over
    5 seeds above 0; and the gap is larger than at d = 200 (k/d = 0.5).
 2. Pruning: an EG-trained MLP keeps more accuracy under global magnitude pruning than a GD-trained
-   one (mean ``prune/auc`` over 5 seeds, and a bootstrap interval of the difference above 0).
+   one (mean test ``prune_auc`` over 5 seeds, and a t interval of the difference above 0).
 
 Learning rates: for sparse_signal, thinned versions of the paper's grids that still hold each
 rule's best value at both d (references/eg.md §2); for pruning, each rule's best test-accuracy
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from benchmark.leaderboard.score import bootstrap_ci
+from benchmark.leaderboard.intervals import t_interval
 
 SEEDS = (0, 1, 2, 3, 4)
 SPARSE_GRID = {"sgd": (0.01, 0.1, 0.5), "eg_sgd": (0.3, 1.0)}
@@ -60,7 +60,7 @@ def _run_all(jobs: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
 
 def _paired_difference(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, float]:
     diff = np.array([a[s] - b[s] for s in SEEDS])
-    low, high = bootstrap_ci(diff)
+    low, high = t_interval(diff)
     return float(diff.mean()), low, high
 
 
