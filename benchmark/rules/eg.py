@@ -31,7 +31,6 @@ DEFAULT_FLOOR = 1e-18
 PAPER = "https://www.biorxiv.org/content/10.1101/2024.10.25.620272v1"
 Hyper = float | Tensor
 """A hyperparameter: a number, or a tensor that broadcasts against the parameter (batched runs)."""
-Closure = Callable[[], float]
 Update = Callable[..., Any]
 Hypers = dict[str, Any]
 Row = tuple[Tensor | None, ...]
@@ -63,11 +62,8 @@ class TensorList:
 
     __add__ = add = _op("add")
     __mul__, sign, sqrt, exp_ = _op("mul"), _op("sign"), _op("sqrt"), _op("exp_")
-    add_, mul_, div_ = _op("add_"), _op("mul_"), _op("div_")
+    add_, mul_, div_, addcmul_ = _op("add_"), _op("mul_"), _op("div_"), _op("addcmul_")
     lerp_, clamp_min_, copy_ = _op("lerp_"), _op("clamp_min_"), _op("copy_")
-
-    def square(self) -> TensorList:
-        return self * self
 
     def clone(self) -> TensorList:
         return TensorList([t.clone() for t in self.tensors])
@@ -83,13 +79,10 @@ class TensorList:
 T = TypeVar("T", Tensor, TensorList)
 
 
-# ---------------------------------------------------------------------------------------------
-# The updates: pure unless ``inplace`` (the kernels' choice: results go into the tensors passed in,
-# no copies); the temporaries a function makes are updated in place either way.
+# The updates: pure unless ``inplace`` (the kernels': results go into the tensors passed, no copies).
 
 
-def _zero(value: Hyper) -> bool:
-    """Whether a hyperparameter is the number 0, so that its term can be skipped."""
+def _zero(value: Hyper) -> bool:  # the number 0: its term can be skipped
     return not isinstance(value, Tensor) and value == 0
 
 
@@ -111,15 +104,19 @@ def _times(x: T, y: T, c: Hyper) -> T:
 
 
 def _plus_ratio(offset: Hyper, x: T, y: T, c: Hyper) -> T:
-    """``offset + c·x/y``, overwriting ``x``; one pass on a tensor when ``c`` and ``offset`` are numbers."""
+    """``offset + c·x/y``, in one pass on a tensor when ``c`` and ``offset`` are numbers."""
     if isinstance(x, Tensor) and not isinstance(c, Tensor) and not isinstance(offset, Tensor):
         return torch.addcdiv(x.new_tensor(offset), x, y, value=c)
-    return x.div_(y).mul_(c).add_(offset)
+    return (x * c).div_(y).add_(offset)
+
+
+def _plus_product_(x: T, y: T, z: T, c: Hyper) -> T:
+    """``x ← x + c·y·z``, in one pass when ``c`` is a number."""
+    return x.add_(y * z * c) if isinstance(c, Tensor) else x.addcmul_(y, z, value=c)
 
 
 def _momentum_(buf: T, d: T, momentum: Hyper, dampening: Hyper, nesterov: bool) -> T:
-    """torch.optim.SGD's momentum: ``b ← μ·b + (1−τ)·d`` in place; returns ``b``, or ``d + μ·b``
-    with Nesterov. Zeros with τ = 0 start ``b`` at ``d`` on the first step, as torch does."""
+    """torch.optim.SGD's momentum, ``b ← μ·b + (1−τ)·d`` in place; returns ``b`` (``d + μ·b`` if Nesterov)."""
     _plus_(buf.mul_(momentum), d, 1 - dampening)
     return _plus(d, buf, momentum) if nesterov else buf
 
@@ -158,16 +155,16 @@ def eg_adamw_update(
         max_exp_avg_sq = None if max_exp_avg_sq is None else max_exp_avg_sq.clone()
     s = param.sign()
     m = exp_avg.lerp_(grad, 1 - beta1)
-    v = exp_avg_sq.lerp_(grad.square(), 1 - beta2)
+    v = _plus_product_(exp_avg_sq.mul_(beta2), grad, grad, 1 - beta2)
     if max_exp_avg_sq is not None:  # AMSGrad
         v = max_exp_avg_sq.clamp_min_(v)
     bc1, bc2 = 1 - beta1**step, 1 - beta2**step
     # The decoupled decay θ·(1 − γλ) keeps signs (γλ < 1) and joins the exponent as log(1 − γλ).
     shrink = -lr * weight_decay
     decay = torch.log1p(shrink) if isinstance(shrink, Tensor) else math.log1p(shrink)
-    # (γ/b₁)·m/(√(v/b₂) + ε) = (γ√b₂/b₁)·m/(√v + ε√b₂), so the bias corrections stay scalars;
-    # s·m, not copysign: a weight that is exactly 0 gets exponent 0 and stays 0, as in the reference.
-    exponent = _plus_ratio(decay, s * m, v.sqrt().add_(eps * bc2**0.5), -lr * bc2**0.5 / bc1)
+    # (γ/b₁)·s·m/(√(v/b₂) + ε) = (γ√b₂/b₁)·m/((√v + ε√b₂)/s): the bias corrections stay scalars,
+    # and a weight that is exactly 0 (s = 0) gets exponent m/∞ = 0 and stays 0, as in the reference.
+    exponent = _plus_ratio(decay, m, v.sqrt().add_(eps * bc2**0.5).div_(s), -lr * bc2**0.5 / bc1)
     return _keep_sign_(param.mul_(exponent.exp_()), s, floor), exp_avg, exp_avg_sq, max_exp_avg_sq
 
 
@@ -187,7 +184,6 @@ def sgd_signed_update(
     return param.copy_(kept.where(s.ne(0), stepped)), buf
 
 
-# ---------------------------------------------------------------------------------------------
 # Kernels: the update applied to every parameter, in place.
 
 
@@ -208,8 +204,7 @@ def _buckets(rows: Sequence[Row]) -> list[list[Row]]:
     """The rows grouped by their parameter's device and dtype."""
     buckets: dict[tuple[torch.device, torch.dtype], list[Row]] = {}
     for row in rows:
-        assert row[0] is not None
-        buckets.setdefault((row[0].device, row[0].dtype), []).append(row)
+        buckets.setdefault((row[0].device, row[0].dtype), []).append(row)  # type: ignore[union-attr]
     return list(buckets.values())
 
 
@@ -227,19 +222,17 @@ def _foreach(update: Update, rows: Sequence[Row], hyper: Hypers) -> None:
 
 @functools.cache
 def _compiled(cuda_graphs: bool) -> Callable[..., None]:
-    """The loop, compiled. Inductor fuses an update into one pass per tensor that reads and writes
-    each tensor once, as torch's ``AdamW(fused=True)`` does by hand, and combo kernels update many
-    tensors per launch. On CUDA the step is also captured as a CUDA graph: without it the host
-    spends longer launching the kernels than the GPU runs them (H100, ResNet-18: 1.6 ms for 0.13)."""
+    """The loop, compiled: Inductor fuses an update into one pass per tensor, as torch's
+    ``AdamW(fused=True)`` does by hand. On CUDA the step is also a CUDA graph: without it the host
+    spends longer launching kernels than the GPU runs them (H100, ResNet-18: 1.6 ms for 0.13)."""
     options: dict[str, Any] = {"combo_kernels": True, "triton.cudagraphs": cuda_graphs}
     compiled: Callable[..., None] = torch.compile(_loop, dynamic=False, options=options)
     return compiled
 
 
 def _fused(update: Update, rows: Sequence[Row], hyper: Hypers) -> None:
-    """The compiled loop. Float hyperparameters reach it as 0-dim float64 tensors, so a schedule that
-    changes ``lr`` (or Adam's step count) does not recompile; the first call compiles (seconds to a
-    minute, once per model shape); results agree with the eager kernels to rounding."""
+    """The compiled loop; float hyperparameters reach it as 0-dim tensors, so a schedule that changes
+    ``lr`` (or Adam's step) does not recompile. The first call compiles (once per model shape)."""
     for bucket in _buckets(rows):
         device = bucket[0][0].device  # type: ignore[union-attr]
         as_tensor = functools.partial(torch.tensor, dtype=torch.float64, device=device)
@@ -247,7 +240,6 @@ def _fused(update: Update, rows: Sequence[Row], hyper: Hypers) -> None:
         _compiled(device.type == "cuda")(update, bucket, tensors, blocks=False)
 
 
-# ---------------------------------------------------------------------------------------------
 # Optimizers
 
 
@@ -265,9 +257,8 @@ def check_sgd_hparams(
     _need(0 <= dampening <= 1, "dampening", dampening, "0 <= dampening <= 1")
     _need(weight_decay >= 0, "weight_decay", weight_decay, ">= 0")
     _need(floor >= 0, "floor", floor, ">= 0")
-    _need(
-        not nesterov or (momentum > 0 and dampening == 0), "nesterov", nesterov, "momentum > 0, dampening 0"
-    )
+    nesterov_ok = not nesterov or (momentum > 0 and dampening == 0)
+    _need(nesterov_ok, "nesterov", nesterov, "momentum > 0, dampening 0")
 
 
 def check_adamw_hparams(
@@ -319,10 +310,10 @@ class _SignPreserving(torch.optim.Optimizer):
     def step(self, closure: None = None) -> None: ...
 
     @overload
-    def step(self, closure: Closure) -> float: ...
+    def step(self, closure: Callable[[], float]) -> float: ...
 
     @torch.no_grad()
-    def step(self, closure: Closure | None = None) -> float | None:
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Perform a single optimization step; ``closure`` re-evaluates the model and returns the loss."""
         loss: float | None = None
         if closure is not None:
@@ -369,21 +360,18 @@ class _SGDFamily(_SignPreserving):
         lr = self.default_lr if lr is None else lr
         check_sgd_hparams(lr, momentum, dampening, weight_decay, nesterov, floor)
         hyper = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay}
-        super().__init__(
-            params, {**hyper, "nesterov": nesterov, "floor": floor, "maximize": maximize}, foreach, fused
-        )
+        hyper |= {"nesterov": nesterov, "floor": floor}
+        super().__init__(params, {**hyper, "maximize": maximize}, foreach, fused)
 
     def _batches(self, group: Hypers) -> list[tuple[list[Row], Hypers]]:
-        started: list[Row] = []
-        new: list[Row] = []  # first step: zero buffers with dampening 0 start at d
+        started, new = list[Row](), list[Row]()  # new: zero buffers with dampening 0 start at d
         for p, grad, state in self._rows(group):
             if group["momentum"] != 0 and "momentum_buffer" not in state:
                 state["momentum_buffer"] = self._state(group, p)
                 new.append((p, grad, state["momentum_buffer"]))
             else:
                 started.append((p, grad, state.get("momentum_buffer")))
-        names = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "floor")
-        hyper = {name: group[name] for name in names}
+        hyper = {k: group[k] for k in ("lr", "momentum", "dampening", "weight_decay", "nesterov", "floor")}
         return [(started, hyper), (new, {**hyper, "dampening": 0.0})]
 
 
@@ -394,8 +382,7 @@ class EGSGD(_SGDFamily):
        \begin{aligned}
             &\textbf{for}\ t = 1 \ldots:\quad g_t \leftarrow \nabla_\theta f_t(\theta_{t-1})
                 \ \ (-\nabla \text{ if maximize}),\quad s \leftarrow \operatorname{sign}(\theta_{t-1}) \\
-            &\quad d_t \leftarrow g_t + \lambda s
-                \quad \text{(decay is an L1 penalty on } |\theta| \text{)} \\
+            &\quad d_t \leftarrow g_t + \lambda s \quad \text{(an L1 penalty on } |\theta| \text{)} \\
             &\quad \textbf{if}\ \mu \neq 0:\ b_t \leftarrow d_t \text{ if } t = 1
                 \text{ else } \mu b_{t-1} + (1-\tau) d_t;\quad
                 d_t \leftarrow d_t + \mu b_t \text{ if nesterov else } b_t \\
@@ -420,17 +407,12 @@ class EGSGD(_SGDFamily):
     Differences from the paper (linclab/EG_optimiser ``SGD(update_alg="eg")``):
         - ``floor``: the reference has no minimum magnitude, so a weight can underflow to exactly 0
           and, since ``sign(0) = 0``, stay there forever; ``floor=0`` gives the reference's update.
-        - A rule of its own rather than an ``update_alg`` switch inside SGD.
         - No upper clamp either way: a large ``γ·d`` overflows ``exp`` and the run diverges.
 
-    When not to use:
-        - Zero-initialised parameters never move (``prepare`` refuses them); an unsplit bias keeps
-          its initial sign (``split_bias``). Deep image models: on ImageNet (the 2026 version of the
-          paper, ResNet-50) EG's top-1 is about 5 points below GD's.
+    When not to use: zero-initialised parameters never move (``prepare`` refuses them), an unsplit
+    bias keeps its initial sign; on ImageNet (the paper's 2026 version) EG's top-1 trails GD's by 5.
 
-    Reference:
-        Cornford, Pogodin et al. (2024), bioRxiv 10.1101/2024.10.25.620272;
-        github.com/linclab/EG_optimiser, ``optim_eg/sgd_eg.py``.
+    Reference: Cornford, Pogodin et al. (2024), bioRxiv 10.1101/2024.10.25.620272; ``optim_eg/sgd_eg.py``.
     """
 
     update = staticmethod(eg_sgd_update)
@@ -454,16 +436,13 @@ class SGDSigned(_SGDFamily):
 
     Differences from the paper (linclab/EG_optimiser ``SGD(update_alg="gd", freeze_gd_signs=True)``):
         - The reference resets only weights with ``s·θ < 0``; this also lifts same-signed weights
-          below ``floor`` (and a step landing exactly on 0) to ``floor``.
-        - As there, a weight that is exactly 0 before the step has no sign and moves freely.
-        - The reference's ``update_alg="gd_sign"`` never updates the weights (no branch handles
-          it); this class is what its notebook actually runs.
+          below ``floor`` (or landing on 0) to it. As there, an exact 0 has no sign and moves freely.
+        - Its ``update_alg="gd_sign"`` never updates the weights (no branch handles it); this class
+          is what its notebook runs.
 
     When not to use: with ordinary biases, which freeze near zero once they try to change sign.
 
-    Reference:
-        Cornford, Pogodin et al. (2024), bioRxiv 10.1101/2024.10.25.620272;
-        github.com/linclab/EG_optimiser, ``optim_eg/sgd_eg.py``.
+    Reference: Cornford, Pogodin et al. (2024), bioRxiv 10.1101/2024.10.25.620272; ``optim_eg/sgd_eg.py``.
     """
 
     update = staticmethod(sgd_signed_update)
@@ -501,9 +480,7 @@ class EGAdamW(_SignPreserving):
 
     When not to use: as for :class:`EGSGD`.
 
-    Reference:
-        Cornford, Pogodin et al. (2024), bioRxiv 10.1101/2024.10.25.620272;
-        github.com/linclab/EG_optimiser, ``optim_eg/adamw_eg.py``.
+    Reference: Cornford, Pogodin et al. (2024), bioRxiv 10.1101/2024.10.25.620272; ``optim_eg/adamw_eg.py``.
     """
 
     update = staticmethod(eg_adamw_update)
@@ -529,13 +506,11 @@ class EGAdamW(_SignPreserving):
             state["step"] += 1
             row = (p, grad, state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq"))
             by_step.setdefault(float(state["step"]), []).append(row)
-        beta1, beta2 = group["betas"]
-        hyper = {name: group[name] for name in ("lr", "eps", "weight_decay", "floor")}
-        hyper |= {"beta1": beta1, "beta2": beta2}
+        hyper = {k: group[k] for k in ("lr", "eps", "weight_decay", "floor")}
+        hyper |= dict(zip(("beta1", "beta2"), group["betas"], strict=True))
         return [(rows, {**hyper, "step": step}) for step, rows in by_step.items()]
 
 
-# ---------------------------------------------------------------------------------------------
 # Registry entries
 
 
@@ -549,9 +524,8 @@ class _SGDHParams(SignSplitHParams):
 
     @model_validator(mode="after")
     def _check(self) -> _SGDHParams:
-        check_sgd_hparams(
-            self.lr, self.momentum, self.dampening, self.weight_decay, self.nesterov, self.floor
-        )
+        args = (self.lr, self.momentum, self.dampening, self.weight_decay, self.nesterov, self.floor)
+        check_sgd_hparams(*args)
         return self
 
 
