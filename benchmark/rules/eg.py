@@ -472,7 +472,7 @@ class EGAdamW(_SignPreserving):
         weight_decay: decoupled decay λ; ``γλ < 1`` keeps signs (default: 1e-2, the reference's).
         floor: ε_f, smallest magnitude of a nonzero weight; 0 disables it (default: 1e-18).
         amsgrad: divide by the running maximum of ``v`` (default: False).
-        maximize, foreach, fused: as :class:`EGSGD`.
+        maximize, foreach: as :class:`EGSGD` (no ``fused``: compiled, it was no faster than the loop).
 
     Differences from the paper (linclab/EG_optimiser ``AdamWeg``, forked from torch 1.13 AdamW):
         - ``floor``: as in :class:`EGSGD`, the reference can underflow a weight to 0 for good.
@@ -489,11 +489,11 @@ class EGAdamW(_SignPreserving):
         self, params: Iterable[Tensor] | Iterable[dict[str, Any]], lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
         floor: float = DEFAULT_FLOOR, amsgrad: bool = False, *, maximize: bool = False,
-        foreach: bool | None = None, fused: bool = False,
+        foreach: bool | None = None,
     ) -> None:  # fmt: skip
         check_adamw_hparams(lr, betas, eps, weight_decay, floor, amsgrad)
         hyper = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "floor": floor}
-        super().__init__(params, {**hyper, "amsgrad": amsgrad, "maximize": maximize}, foreach, fused)
+        super().__init__(params, {**hyper, "amsgrad": amsgrad, "maximize": maximize}, foreach, False)
 
     def _batches(self, group: Hypers) -> list[tuple[list[Row], Hypers]]:
         by_step: dict[float, list[Row]] = {}
