@@ -8,9 +8,10 @@ replaces each bias ``b`` by ``b₊ + b₋`` with ``b₊ ≥ 0`` and ``b₋ ≤ 0
 :func:`lognormal_init_` draws weight magnitudes from a log-normal with random signs, the
 distribution EG is claimed to produce, so a suite can ask whether the init or the rule matters.
 
-Both follow ``optim_eg/init_tools.py`` of linclab/EG_optimiser (commit 9e720ae) as described in
-``references/eg.md``; the code is ours. Everything draws from the ``generator`` passed in, so a
-prepared model is a pure function of the run's init seed.
+Both follow ``optim_eg/init_tools.py`` of the authors' repository, github.com/linclab/EG_optimiser
+(commit 9e720ae), for Cornford, Pogodin et al. (2024), "Brain-like learning with exponentiated
+gradients", bioRxiv 10.1101/2024.10.25.620272; the code is ours. Everything draws from the
+``generator`` passed in, so a prepared model is a pure function of the run's init seed.
 """
 
 from __future__ import annotations

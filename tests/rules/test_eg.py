@@ -14,7 +14,7 @@ from torch import Tensor
 from benchmark import train
 from benchmark.rules import RULES
 from benchmark.rules import eg as eg_module
-from benchmark.rules.eg import EGSGD, EGAdamW, SGDSigned, eg_adamw, eg_sgd
+from benchmark.rules.eg import EGSGD, EGAdamW, SGDSigned, eg_adamw_update, eg_sgd_update
 from tests.helpers import make_spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -67,9 +67,9 @@ ADAMW_CONFIGS: list[dict[str, Any]] = [
     ("optimizer", "kwargs"),
     [
         (EGSGD, {"lr": 0.3, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01, "maximize": True}),
-        (EGAdamW, {"lr": 0.05, "weight_decay": 0.1, "betas": (0.8, 0.99)}),
+        (SGDSigned, {"lr": 0.3, "momentum": 0.9, "weight_decay": 0.01}),
     ],
-    ids=["eg_sgd", "eg_adamw"],
+    ids=["eg_sgd", "sgd_signed"],
 )
 def test_the_compiled_kernel_matches_the_loop_in_float64(optimizer: type, kwargs: dict[str, Any]) -> None:
     loop = _run(lambda p: optimizer(p, foreach=False, **kwargs))
@@ -217,7 +217,7 @@ def test_sgd_signed_equals_torch_sgd_when_no_sign_would_change() -> None:
     assert float(params[1].detach()[0]) > 0 > float(ref[1].detach()[0])
 
 
-def test_sign_flips_diagnostic_counts_flips_of_the_last_step() -> None:
+def test_sign_flips_are_counted_since_the_previous_diagnostics_call() -> None:
     w = torch.nn.Parameter(torch.tensor([1.0, -1.0, 2.0]))
     opt = EGSGD([w], lr=0.1)
     w.grad = torch.zeros(3)
@@ -231,15 +231,17 @@ def test_sign_flips_diagnostic_counts_flips_of_the_last_step() -> None:
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda p: EGSGD(p, lr=-1.0), "Invalid learning rate"),
-        (lambda p: EGSGD(p, momentum=-0.1), "Invalid momentum value"),
-        (lambda p: EGSGD(p, floor=-1.0), "Invalid floor value"),
-        (lambda p: EGSGD(p, nesterov=True), "Nesterov momentum requires a momentum and zero dampening"),
-        (lambda p: EGAdamW(p, betas=(1.0, 0.9)), "Invalid beta parameter at index 0"),
+        (lambda p: EGSGD(p, lr=-1.0), r"Invalid lr: -1.0 \(expected > 0\)"),
+        (lambda p: EGSGD(p, momentum=-0.1), "Invalid momentum: -0.1"),
+        (lambda p: EGSGD(p, momentum=1.0), r"Invalid momentum: 1.0 \(expected 0 <= momentum < 1\)"),
+        (lambda p: EGSGD(p, floor=-1.0), "Invalid floor"),
+        (lambda p: EGSGD(p, nesterov=True), r"Invalid nesterov: True \(expected momentum > 0, dampening 0\)"),
+        (lambda p: EGAdamW(p, betas=(1.0, 0.9)), "Invalid betas"),
         (lambda p: EGAdamW(p, lr=1.0, weight_decay=1.0), r"Invalid lr \* weight_decay"),
-        (lambda p: EGAdamW(p, eps=-1.0), "Invalid epsilon value"),
-        (lambda p: SGDSigned(p, floor=-1.0), "Invalid floor value"),
-        (lambda p: SGDSigned(p, lr=-1.0), "Invalid learning rate"),
+        (lambda p: EGAdamW(p, eps=-1.0), "Invalid eps"),
+        (lambda p: SGDSigned(p, floor=-1.0), "Invalid floor"),
+        (lambda p: SGDSigned(p, lr=-1.0), "Invalid lr"),
+        (lambda p: SGDSigned(p, momentum=1.5), "Invalid momentum"),
     ],
 )
 def test_constructors_refuse_bad_arguments(make: Callable[[Any], Any], message: str) -> None:
@@ -247,35 +249,13 @@ def test_constructors_refuse_bad_arguments(make: Callable[[Any], Any], message: 
         make(_params())
 
 
-def test_functionals_refuse_sparse_and_complex_tensors() -> None:
-    p = torch.ones(3)
-    with pytest.raises(RuntimeError, match="sparse"):
-        eg_sgd(
-            [p],
-            [torch.ones(3).to_sparse()],
-            [None],
-            lr=0.1,
-            momentum=0,
-            dampening=0,
-            weight_decay=0,
-            nesterov=False,
-            floor=0,
-        )
-    c = torch.ones(2, dtype=torch.complex64)
-    with pytest.raises(RuntimeError, match="real parameters"):
-        eg_adamw(
-            [c],
-            [c],
-            [c],
-            [c],
-            [torch.tensor(0.0)],
-            lr=0.1,
-            beta1=0.9,
-            beta2=0.99,
-            eps=1e-8,
-            weight_decay=0,
-            floor=0,
-        )
+def test_optimizers_refuse_sparse_and_complex_tensors() -> None:
+    p = torch.nn.Parameter(torch.ones(3))
+    p.grad = torch.ones(3).to_sparse()
+    with pytest.raises(RuntimeError, match="does not support sparse gradients"):
+        EGSGD([p]).step()
+    with pytest.raises(ValueError, match="needs real parameters"):
+        EGAdamW([torch.nn.Parameter(torch.ones(2, dtype=torch.complex64))])
 
 
 @pytest.mark.parametrize(
@@ -358,3 +338,116 @@ def test_exp_of_the_step_is_the_only_change_in_magnitude() -> None:
     EGSGD([w], lr=0.5).step()
     expected = [math.log(0.3) - 0.5 * 0.2, math.log(0.7) + 0.5 * 0.5]
     assert torch.log(w.detach().abs()).tolist() == pytest.approx(expected, rel=1e-14)
+
+
+# Fidelity to the reference (linclab/EG_optimiser) and the one-place validation.
+
+
+def test_eg_sgd_compiled_without_momentum_steps() -> None:
+    """The compiled kernel once indexed a momentum buffer that exists only with momentum (IndexError)."""
+    got = _run(lambda p: EGSGD(p, lr=0.3, fused=True), steps=2)
+    for a, b in zip(got, _eg_sgd_reference({"lr": 0.3}, steps=2), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
+def test_eg_adamw_keeps_an_exact_zero_at_zero_at_large_lr(foreach: bool) -> None:
+    """The reference multiplies the exponent by sign(0) = 0; a zero weight once became 0·exp(800) = NaN."""
+    w = torch.nn.Parameter(torch.tensor([0.0, 0.5], dtype=torch.float64))
+    w.grad = torch.tensor([-1.0, 1.0], dtype=torch.float64)
+    EGAdamW([w], lr=800.0, weight_decay=0.0, foreach=foreach).step()
+    assert w.detach().tolist() == [0.0, 1e-18]
+
+
+def test_eg_adamw_amsgrad_step_equals_the_reference_formula() -> None:
+    """One step from a state whose running maximum exceeds the new second moment (adamw_eg.py's amsgrad)."""
+    gen = torch.Generator().manual_seed(5)
+    w, g = (
+        torch.randn(20, generator=gen, dtype=torch.float64),
+        torch.randn(20, generator=gen, dtype=torch.float64),
+    )
+    m, v = (
+        torch.randn(20, generator=gen, dtype=torch.float64),
+        torch.rand(20, generator=gen, dtype=torch.float64),
+    )
+    v_max = v + torch.rand(20, generator=gen, dtype=torch.float64)
+    lr, b1, b2, eps, wd, t = 0.05, 0.8, 0.99, 1e-8, 0.1, 3
+    inputs = [x.clone() for x in (w, g, m, v, v_max)]
+    new_w, new_m, new_v, new_max = eg_adamw_update(
+        w, g, m, v, v_max, lr=lr, beta1=b1, beta2=b2, eps=eps, weight_decay=wd, step=t, floor=0.0
+    )
+    # The reference, written out: decay, moments, the running maximum, and the exponentiated step.
+    ref_w = w * (1 - lr * wd)
+    ref_m, ref_v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+    ref_max = torch.maximum(v_max, ref_v)
+    denom = ref_max.sqrt() / (1 - b2**t) ** 0.5 + eps
+    ref_w = ref_w * torch.exp(-lr / (1 - b1**t) * ref_w.sign() * ref_m / denom)
+    for got, want in [(new_w, ref_w), (new_m, ref_m), (new_v, ref_v), (new_max, ref_max)]:
+        torch.testing.assert_close(got, want, rtol=1e-13, atol=0)
+    assert bool((ref_max > ref_v).any())  # the maximum, not v, is what divides
+    for before, after in zip(inputs, (w, g, m, v, v_max), strict=True):
+        assert torch.equal(before, after)  # the update is pure
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
+def test_eg_adamw_amsgrad_optimizer_equals_the_pure_update(foreach: bool) -> None:
+    params = _params()
+    opt = EGAdamW(params, lr=0.05, amsgrad=True, foreach=foreach)
+    ws = [p.detach().clone() for p in params]
+    ms, vs, maxes = ([torch.zeros_like(w) for w in ws] for _ in range(3))
+    for step in range(1, 4):
+        grads = [g * (4.0 - step) for g in _tensors(100 + step)]  # shrinking, so v falls below its max
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.clone()
+        opt.step()
+        for i, g in enumerate(grads):
+            ws[i], ms[i], vs[i], maxes[i] = eg_adamw_update(  # type: ignore[assignment]
+                ws[i], g, ms[i], vs[i], maxes[i], lr=0.05, beta1=0.9, beta2=0.999, eps=1e-8,
+                weight_decay=1e-2, step=step, floor=1e-18,
+            )  # fmt: skip
+    for p, w in zip(params, ws, strict=True):
+        torch.testing.assert_close(p.detach(), w, rtol=1e-14, atol=0)
+
+
+def test_the_update_takes_tensor_hyperparameters_that_broadcast() -> None:
+    """Two runs stacked along a leading axis, each with its own lr and decay, equal two separate runs."""
+    gen = torch.Generator().manual_seed(1)
+    w, g, b = (torch.randn(2, 6, generator=gen, dtype=torch.float64) for _ in range(3))
+    lr, wd = (
+        torch.tensor([[0.1], [0.7]], dtype=torch.float64),
+        torch.tensor([[0.0], [0.2]], dtype=torch.float64),
+    )
+    hyper: dict[str, Any] = {"momentum": 0.9, "dampening": 0.0, "nesterov": True, "floor": 1e-18}
+    batched, buf = eg_sgd_update(w, g, b, lr=lr, weight_decay=wd, **hyper)
+    for r in range(2):
+        one, one_buf = eg_sgd_update(w[r], g[r], b[r], lr=float(lr[r]), weight_decay=float(wd[r]), **hyper)
+        torch.testing.assert_close(batched[r], one, rtol=1e-15, atol=0)
+        assert buf is not None
+        assert one_buf is not None
+        torch.testing.assert_close(buf[r], one_buf, rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("rule", "hparams"),
+    [
+        ("eg_sgd", {"momentum": 1.0}),
+        ("eg_sgd", {"momentum": -0.1}),
+        ("eg_sgd", {"dampening": 1.5}),
+        ("eg_sgd", {"nesterov": True, "momentum": 0.9, "dampening": 0.1}),
+        ("sgd_signed", {"momentum": 1.0}),
+        ("sgd_signed", {"lr": 0.0}),
+        ("eg_adamw", {"lr": 2.0, "weight_decay": 0.5}),
+        ("eg_adamw", {"betas": (0.9, 1.0)}),
+        ("eg_adamw", {"eps": -1.0}),
+    ],
+)
+def test_suite_files_and_constructors_refuse_the_same_values_with_the_same_message(
+    rule: str, hparams: dict[str, Any]
+) -> None:
+    info = RULES.get(rule)
+    with pytest.raises(ValueError, match="Invalid") as from_model:
+        info.hparams(**hparams)
+    optimizer = {"eg_sgd": EGSGD, "sgd_signed": SGDSigned, "eg_adamw": EGAdamW}[rule]
+    with pytest.raises(ValueError, match="Invalid") as from_constructor:
+        optimizer(_params(), **hparams)
+    assert str(from_constructor.value) in str(from_model.value)

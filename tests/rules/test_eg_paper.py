@@ -7,8 +7,8 @@
 2. Pruning: an EG-trained MLP keeps more accuracy under global magnitude pruning than a GD-trained
    one (mean test ``prune_auc`` over 5 seeds, and a t interval of the difference above 0).
 
-Learning rates: for sparse_signal, thinned versions of the paper's grids that still hold each
-rule's best value at both d (references/eg.md §2); for pruning, each rule's best test-accuracy
+Learning rates: for sparse_signal, thinned versions of the grids of the paper's r-of-k sweep (2026
+version) that still hold each rule's best value at both d; for pruning, each rule's best test-accuracy
 learning rate from the tuning recorded in suites/eg-paper.yaml (momentum 0, as there).
 """
 
