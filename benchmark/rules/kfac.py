@@ -295,7 +295,7 @@ class KFACRule:
         self.optimizer.update_curvature(out, targets, loss_fn)
         loss.backward()  # type: ignore[no-untyped-call]
         self.optimizer.step()
-        return {"train/loss": float(loss.detach()), **self.optimizer.diagnostics()}
+        return {"train/loss": float(loss.detach())}  # diagnostics are read at evaluations
 
     def state_dict(self) -> dict[str, Any]:
         return self.optimizer.state_dict()
