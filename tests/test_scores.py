@@ -20,14 +20,16 @@ from benchmark.leaderboard.score import score_runs
 from benchmark.leaderboard.suite_scores import TAUS, Dropped, integrated_scores, profile, score_suite
 from benchmark.store import RUN_SCHEMA
 
-NEW_COLUMNS = [
-    ("selection_metric", pa.string()),
-    ("selection_mode", pa.string()),
-    ("chance", pa.float64()),
-    ("theory", pa.bool_()),
-    ("track", pa.string()),
-    ("rule_entry", pa.int64()),
-]
+PROTOCOL_2_COLUMNS = (
+    "selection_metric",
+    "selection_mode",
+    "chance",
+    "theory",
+    "track",
+    "rule_entry",
+    "protocol",
+)
+"""Row columns that rows written before validation splits lack."""
 
 
 def row(
@@ -98,8 +100,8 @@ def row(
 
 
 def table(rows: list[dict[str, Any]], without: tuple[str, ...] = ()) -> pa.Table:
-    """Rows as the store reads them, with the columns of issue 20 (less those in ``without``)."""
-    schema = pa.schema([*RUN_SCHEMA, *(pa.field(n, t) for n, t in NEW_COLUMNS if n not in without)])
+    """Rows as the store reads them (less the columns in ``without``, as rows written before them)."""
+    schema = pa.schema([field for field in RUN_SCHEMA if field.name not in without])
     return pa.Table.from_pylist(
         [{k: v for k, v in r.items() if k not in without} for r in rows], schema=schema
     )
@@ -180,7 +182,7 @@ def test_a_failed_seed_makes_a_point_unselectable_nan_ranks_last_ties_go_to_the_
 
 def test_without_selection_columns_the_target_selects() -> None:
     rows = [row(lr=lr, seed=s, val=v, test=1 - v) for lr, v in ((0.1, 0.8), (0.2, 0.6)) for s in range(2)]
-    board = score_runs(table(rows, without=tuple(n for n, _ in NEW_COLUMNS)))
+    board = score_runs(table(rows, without=PROTOCOL_2_COLUMNS))
     chosen = board[board["selected"]].iloc[0]
     assert (chosen["rule_display"], chosen["selection_metric"], chosen["metric"]) == (
         "sgd[lr=0.1]",
@@ -325,7 +327,7 @@ def test_the_board_shows_selected_points_the_rule_and_the_cross_task_section(tmp
 
 
 def test_rows_without_the_new_columns_are_scored_on_one_track_without_normalised_scores() -> None:
-    old = tuple(n for n, _ in NEW_COLUMNS)
+    old = PROTOCOL_2_COLUMNS
     rows = [
         row(task, rule, s, entry=e, reach_at=50)
         for task in ("a", "b")
