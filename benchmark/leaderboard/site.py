@@ -162,13 +162,13 @@ def publish(suites: Sequence[str], results: Path, out: Path) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     env = _environment()
-    frames = {s: runs_frame(store.read_runs(results, s)) for s in suites}
+    tables = {s: store.read_runs(results, s) for s in suites}
+    frames = {s: runs_frame(table) for s, table in tables.items()}
     colours = rule_colours(r for f in frames.values() for r in f["rule"].astype(str))
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     pages: list[SuitePage] = []
     for suite in suites:
-        frame = frames[suite]
-        runs = store.read_runs(results, suite)
+        frame, runs = frames[suite], tables[suite]
         board = score_runs(runs)
         curves = store.read_curves(results, suite).to_pandas()
         scores = score_suite(runs, board, [Dropped(*cell) for cell in store.read_dropped(results, suite)])
@@ -181,7 +181,7 @@ def publish(suites: Sequence[str], results: Path, out: Path) -> list[Path]:
                 for task in board["task_display"].drop_duplicates()
             ],
             provenance=provenance_rows(frame),
-            tracks=_track_sections(scores, colours, frame),
+            tracks=_track_sections(scores, colours, board),
             cross_task_notes=_cross_task_notes(scores),
             generated=generated,
         )
@@ -196,9 +196,9 @@ def publish(suites: Sequence[str], results: Path, out: Path) -> list[Path]:
     return written
 
 
-def _track_sections(scores: SuiteScores, colours: dict[str, str], frame: pd.DataFrame) -> list[TrackSection]:
-    """The cross-task tables and the performance profile of each track."""
-    rule_of = _rule_of_entry(frame)
+def _track_sections(scores: SuiteScores, colours: dict[str, str], board: pd.DataFrame) -> list[TrackSection]:
+    """The cross-task tables and the performance profile of each track; an entry takes its rule's colour."""
+    rule_of = dict(zip(board["entry_label"].astype(str), board["rule"].astype(str), strict=False))
     sections = []
     for track, summary in scores.summary.groupby("track", sort=True):
         profile = scores.profile[scores.profile["track"] == track].rename(
@@ -240,13 +240,6 @@ def _track_sections(scores: SuiteScores, colours: dict[str, str], frame: pd.Data
     return sections
 
 
-def _rule_of_entry(frame: pd.DataFrame) -> dict[str, str]:
-    """Entry label → rule name, so an entry is drawn in its rule's colour."""
-    if "entry_label" not in frame:
-        return {}
-    return dict(zip(frame["entry_label"].astype(str), frame["rule"].astype(str), strict=False))
-
-
 def _cross_task_notes(scores: SuiteScores) -> list[str]:
     notes = []
     if scores.theory_tasks:
@@ -279,8 +272,7 @@ def _task_section(
 ) -> TaskSection:
     rows = board[board["task_display"] == task]
     selected = rows[rows["selected"].astype(bool)] if "selected" in rows.columns else rows
-    columns = [c for c in TASK_COLUMNS if c.key in rows.columns or c.key.endswith("interval")]
-    columns = [c for c in columns if _has_column(rows, c.key)]
+    columns = [c for c in TASK_COLUMNS if _has_column(rows, c.key)]
     metric = (
         str(rows["selection_metric"].iloc[0]) if "selection_metric" in rows else str(rows["metric"].iloc[0])
     )
