@@ -37,7 +37,8 @@ def rule_colours(rules: Iterable[str]) -> dict[str, str]:
 def to_svg(fig: Figure) -> str:
     """The figure as an ``<svg>`` element (no XML prolog), text kept as text."""
     buffer = io.StringIO()
-    with matplotlib.rc_context({"svg.fonttype": "none"}):
+    # A fixed salt gives the SVG's element ids from the figure alone, so a page is the same on every publish.
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "synapsebench"}):
         # No metadata: no dates (pages are reproducible) and no RDF namespaces to look like links.
         fig.savefig(buffer, format="svg", bbox_inches="tight", metadata=dict.fromkeys(SVG_METADATA))
     plt.close(fig)
