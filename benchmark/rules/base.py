@@ -120,7 +120,8 @@ class RuleInfo:
             two forwards). A rule whose cost varies from step to step reports it instead, as
             ``rule/forward_passes`` in each ``train_step``'s metrics, which then overrides this
             value: equilibrium rules their measured relaxation iterations, perturbation rules
-            their extra forwards. Linear algebra (natural gradient, K-FAC's inverses) is not
+            their extra forwards, curvature rules their Jacobian's or output-Hessian factor's
+            backward passes (docs/protocol.md). Linear algebra (solves, K-FAC's inverses) is not
             counted.
     """
 

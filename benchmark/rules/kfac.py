@@ -153,6 +153,8 @@ class KFAC(torch.optim.Optimizer):
         self._seen: dict[int, list[tuple[Tensor, Tensor]]] = {}
         self._last_step_norm = math.nan
         self._batched_backward = True
+        self.curvature_columns = 0
+        """Backward passes over the batch that the last :meth:`update_curvature` took (``R``)."""
         for index, layer in enumerate(self.layers):
             layer.register_forward_hook(self._hook(index))
 
@@ -179,6 +181,7 @@ class KFAC(torch.optim.Optimizer):
         # Λ's factor as R columns shaped like the output: K per-sample columns (one batched backward
         # serves every sample; K-FAC keeps each row's own terms), or the dense factor's columns.
         factor = output_hessian_factor(out, targets, loss_fn)
+        self.curvature_columns = factor.shape[-1]
         if factor.shape[-1] == 0:  # Λ = 0 (or not finite): this batch adds nothing to G
             self._seen = {}
             return
@@ -295,7 +298,10 @@ class KFACRule:
         self.optimizer.update_curvature(out, targets, loss_fn)
         loss.backward()  # type: ignore[no-untyped-call]
         self.optimizer.step()
-        return {"train/loss": float(loss.detach())}  # diagnostics are read at evaluations
+        # A forward and a backward, and one backward to the layer outputs (no weight gradients: about
+        # one forward) per column of the output Hessian's factor. Diagnostics are read at evaluations.
+        passes = 3.0 + self.optimizer.curvature_columns
+        return {"train/loss": float(loss.detach()), "rule/forward_passes": passes}
 
     def state_dict(self) -> dict[str, Any]:
         return self.optimizer.state_dict()

@@ -28,8 +28,9 @@ class NatGradExactHParams(HParams):
     damping: Annotated[float, Field(ge=0)] = 1e-3
 
 
-def ggn_factor(model: nn.Module, batch: Batch, loss_fn: LossFn) -> tuple[Tensor, Tensor, Tensor]:
-    """``(loss, g, A)`` with ``g = ∇L`` and ``F = AᵀA`` the generalized Gauss–Newton matrix of the batch loss.
+def ggn_factor(model: nn.Module, batch: Batch, loss_fn: LossFn) -> tuple[Tensor, Tensor, Tensor, float]:
+    """``(loss, g, A, passes)`` with ``g = ∇L`` and ``F = AᵀA`` the generalized Gauss–Newton matrix of
+    the batch loss, and ``passes`` its cost in forward-equivalent passes (:func:`jacobian_passes`).
 
     ``J`` is the Jacobian of every output of the batch with respect to the parameters (``m × D``, ``m`` =
     batch · outputs) and ``Λ`` the Hessian of the loss with respect to those outputs, so
@@ -56,7 +57,17 @@ def ggn_factor(model: nn.Module, batch: Batch, loss_fn: LossFn) -> tuple[Tensor,
     jacobian = torch.cat([jac[n].reshape(flat_out.numel(), -1) for n in names], dim=1)
     out_grad = torch.func.grad(loss_of)(flat_out)
     factor = output_hessian_factor(out, targets, loss_fn)
-    return loss_of(flat_out).detach(), jacobian.T @ out_grad, _factor_rows(factor, jacobian)
+    passes = jacobian_passes(out[0].numel())
+    return loss_of(flat_out).detach(), jacobian.T @ out_grad, _factor_rows(factor, jacobian), passes
+
+
+def jacobian_passes(outputs_per_sample: int) -> float:
+    """Forward-equivalent passes of a batch's output Jacobian: a forward, and one backward over the batch
+    (two forwards' worth) per output of a sample, since sample ``n``'s outputs depend on its input only.
+
+    That is the algorithm's cost; ``jacrev`` over every output of the batch spends more.
+    """
+    return 1.0 + 2.0 * outputs_per_sample
 
 
 def _factor_rows(factor: Tensor, jacobian: Tensor) -> Tensor:
@@ -145,7 +156,7 @@ class NatGradExact:
         self.steps = 0
 
     def train_step(self, model: nn.Module, batch: Batch, loss_fn: LossFn) -> dict[str, float]:
-        loss, g, a = ggn_factor(model, batch, loss_fn)
+        loss, g, a, passes = ggn_factor(model, batch, loss_fn)
         direction = solve_damped(a, g, self.damping)
         with torch.no_grad():
             offset = 0
@@ -156,7 +167,11 @@ class NatGradExact:
                 p.add_(direction[offset : offset + n].reshape(p.shape), alpha=-self.lr)
                 offset += n
         self.steps += 1
-        return {"train/loss": float(loss), "rule/step_norm": self.lr * float(direction.norm())}
+        return {
+            "train/loss": float(loss),
+            "rule/step_norm": self.lr * float(direction.norm()),
+            "rule/forward_passes": passes,
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps": self.steps}
@@ -285,10 +300,12 @@ class NatGradDiag:
 
     def train_step(self, model: nn.Module, batch: Batch, loss_fn: LossFn) -> dict[str, float]:
         if self.fisher == "ggn":
-            loss, g, a = ggn_factor(model, batch, loss_fn)
+            loss, g, a, passes = ggn_factor(model, batch, loss_fn)
             diagonal = a.pow(2).sum(dim=0)
         else:
+            # per-sample gradients (a forward and a backward of the batch) and the batch's gradient
             loss, g, diagonal = empirical_fisher_diagonal(model, batch, loss_fn)
+            passes = 6.0
         self.average = (
             diagonal * (1 - self.beta)
             if self.average is None
@@ -305,7 +322,11 @@ class NatGradDiag:
                 n = p.numel()
                 p.add_(direction[offset : offset + n].reshape(p.shape), alpha=-self.lr)
                 offset += n
-        return {"train/loss": float(loss), "rule/step_norm": self.lr * float(direction.norm())}
+        return {
+            "train/loss": float(loss),
+            "rule/step_norm": self.lr * float(direction.norm()),
+            "rule/forward_passes": passes,
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "average": None if self.average is None else self.average.clone()}

@@ -56,7 +56,7 @@ def test_on_one_linear_layer_the_factors_are_the_gauss_newton_matrix_and_steps_m
     models[1].load_state_dict(models[0].state_dict())
     kfac = KFAC(models[0], lr=0.3, damping=0.0, beta=0.0)
     rule = KFACRule(kfac)
-    _, _, rows = ggn_factor(models[0], (x, y), _half_mse)
+    _, _, rows, _ = ggn_factor(models[0], (x, y), _half_mse)
     rule.train_step(models[0], (x, y), _half_mse)
     state = kfac.state[models[0].weight]
     # vec of a row-major W: F = G ⊗ A.
@@ -119,3 +119,11 @@ def test_a_deep_run_that_blows_up_is_recorded_as_diverged_not_raised() -> None:
     )
     result = train.run(spec, device=torch.device("cpu"))
     assert result.status == "diverged"
+
+
+def test_the_forward_pass_clock_counts_the_curvature_backward_passes() -> None:
+    # A forward and a backward, plus one backward to the layer outputs per column of the output
+    # Hessian's per-sample factor: 10 columns for softmax cross-entropy over 10 classes, every step.
+    spec = make_spec(task="digits_mlp", rule="kfac", steps=4, eval_every=1, options={"width": 16})
+    passes = [p.metrics["clock/forward_passes"] for p in train.run(spec).curve]
+    assert passes == [0, 13, 26, 39, 52]

@@ -109,3 +109,24 @@ def test_natgrad_diag_empirical_fisher_is_the_mean_of_squared_per_sample_gradien
     per_sample = torch.stack(rows)
     torch.testing.assert_close(fisher, per_sample.pow(2).mean(0))
     torch.testing.assert_close(g, per_sample.mean(0))  # a mean loss: the batch gradient is their mean
+
+
+@pytest.mark.parametrize(
+    ("rule", "hparams", "per_step"),
+    [
+        ("natgrad_exact", {}, 1 + 2 * 10),  # a forward, and a backward per output of a sample (10 classes)
+        ("natgrad_diag", {"fisher": "ggn"}, 1 + 2 * 10),
+        ("natgrad_diag", {}, 6),  # per-sample gradients, then the batch's gradient
+    ],
+)
+def test_the_forward_pass_clock_counts_the_curvature_passes(
+    rule: str, hparams: dict[str, str], per_step: int
+) -> None:
+    spec = make_spec(
+        task="digits_mlp", rule=rule, steps=4, eval_every=2, hparams=hparams, options={"width": 16}
+    )
+    assert [p.metrics["clock/forward_passes"] for p in train.run(spec).curve] == [
+        0,
+        2 * per_step,
+        4 * per_step,
+    ]
