@@ -11,8 +11,11 @@ from benchmark.rules.eg import EG_ADAMW, EG_SGD, SGD_SIGNED
 from benchmark.rules.kfac import KFAC_RULE
 from benchmark.rules.lcp import BP_RULE, LCP_DI_RULE, LCP_EBD_RULE, LCP_KP_RULE, RBP_RULE
 from benchmark.rules.lcp_lf import LCP_LF_RULE
+from benchmark.rules.library import ADEMAMIX, LION, SHAMPOO, SOAP_RULE
+from benchmark.rules.muon import MUON
 from benchmark.rules.natgrad import NATGRAD_DIAG, NATGRAD_EXACT
 from benchmark.rules.perturbation import NODE_PERTURBATION, WEIGHT_PERTURBATION
+from benchmark.rules.self_tuning import PRODIGY, SCHEDULE_FREE_ADAMW
 
 RULES: Registry[RuleInfo] = Registry("rule")
 # Baselines (torch.optim)
@@ -39,5 +42,13 @@ RULES.add(NATGRAD_DIAG)
 RULES.add(KFAC_RULE)
 RULES.add(WEIGHT_PERTURBATION)
 RULES.add(NODE_PERTURBATION)
+# The optimizers today's comparisons are made against, from their libraries (issue 21)
+RULES.add(MUON)
+RULES.add(SCHEDULE_FREE_ADAMW)
+RULES.add(LION)
+RULES.add(SOAP_RULE)
+RULES.add(SHAMPOO)
+RULES.add(ADEMAMIX)
+RULES.add(PRODIGY)
 
 __all__ = ["RULES", "ErrorCase", "HParams", "LearningRule", "OptimizerRule", "RuleInfo"]

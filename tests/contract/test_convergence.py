@@ -83,6 +83,30 @@ TABLE: dict[str, dict[str, Case]] = {
         "quadratic": Case(200, 1e-6, {"lr": 0.01, "momentum": 0.9}),
         "rosenbrock": Case(400, 1e-4, {"lr": 0.003, "momentum": 0.9}),
     },
+    "lion": {  # a sign step of size lr: it ends oscillating at about lr
+        "quadratic": Case(800, 1e-3, {"lr": 0.003}),
+        "rosenbrock": Case(600, 2e-2, {"lr": 0.003}),
+    },
+    "ademamix": {
+        "quadratic": Case(200, 1e-3, {"lr": 0.1}),
+        "rosenbrock": Case(600, 1e-2, {"lr": 0.1}),
+    },
+    "shampoo": {  # a vector has no preconditioner: this is its momentum step (docstring)
+        "quadratic": Case(200, 1e-4, {"lr": 0.1, "momentum": 0.0}),
+        "rosenbrock": Case(400, 1e-4, {"lr": 0.003}),
+    },
+    "soap": {
+        "quadratic": Case(200, 1e-2, {"lr": 0.1, "weight_decay": 0.0}),
+        "rosenbrock": Case(600, 1e-2, {"lr": 0.1, "weight_decay": 0.0}),
+    },
+    "prodigy": {
+        "quadratic": Case(200, 1e-6, {}),
+        "rosenbrock": Case(600, 1e-5, {}),
+    },
+    "schedule_free_adamw": {  # the loss at the training point y
+        "quadratic": Case(200, 1e-4, {"lr": 0.1, "weight_decay": 0.0}),
+        "rosenbrock": Case(600, 1e-4, {"lr": 0.1, "weight_decay": 0.0}),
+    },
 }
 
 EXCLUDED: dict[str, str] = {
@@ -93,6 +117,7 @@ EXCLUDED: dict[str, str] = {
     "natgrad_diag": "owns the training step: its metric is a Fisher diagonal from per-sample gradients",
     "weight_perturbation": "owns the training step: a zeroth-order estimate, not a torch optimizer",
     "node_perturbation": "owns the training step and perturbs nn.Linear outputs; not a torch optimizer",
+    "muon": "hidden nn.Linear weights only: a vector goes to its AdamW, which adamw's cases cover",
 }
 
 CASES = [(rule, problem) for rule, cases in TABLE.items() for problem in cases]

@@ -38,6 +38,9 @@ SETTINGS: dict[str, tuple[dict[str, Any], ...]] = {
     "eg_adamw": ({}, {"lr": 0.05, "weight_decay": 0.1}),
     "diffgrad": ({}, {"weight_decay": 0.1}),
     "agd": ({}, {"gain": 2.0}),
+    "lion": ({}, {"lr": 0.01, "weight_decay": 0.1}),
+    "ademamix": ({}, {"t_alpha_beta3": 3, "weight_decay": 0.1}),
+    "schedule_free_adamw": ({}, {"warmup_steps": 2}),
 }
 """Hyperparameters to check beyond the defaults (a rule not named here is checked at its defaults)."""
 
@@ -48,6 +51,10 @@ EXCLUDED: dict[str, str] = {
     "natgrad_diag": "owns the training step (per-sample Fisher diagonal); one kernel",
     "weight_perturbation": "owns the training step (zeroth-order); one kernel",
     "node_perturbation": "owns the training step (zeroth-order); one kernel",
+    "muon": "one kernel: torch.optim.Muon refuses foreach",
+    "shampoo": "one kernel: pytorch-optimizer's ScalableShampoo takes no foreach flag",
+    "soap": "one kernel: pytorch-optimizer's SOAP takes no foreach flag",
+    "prodigy": "one kernel: prodigyopt's Prodigy takes no foreach flag",
 }
 
 CASES = [
