@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from benchmark.registry import Registry
 from benchmark.rules.agd import AGD_RULE
-from benchmark.rules.base import ErrorCase, HParams, LearningRule, OptimizerRule, RuleInfo
+from benchmark.rules.base import BuildOptimizer, ErrorCase, HParams, LearningRule, OptimizerRule, RuleInfo
 from benchmark.rules.baselines import ADAM, ADAMW, SGD
 from benchmark.rules.diffgrad import DIFFGRAD
 from benchmark.rules.eg import EG_ADAMW, EG_SGD, SGD_SIGNED
@@ -40,4 +40,4 @@ RULES.add(KFAC_RULE)
 RULES.add(WEIGHT_PERTURBATION)
 RULES.add(NODE_PERTURBATION)
 
-__all__ = ["RULES", "ErrorCase", "HParams", "LearningRule", "OptimizerRule", "RuleInfo"]
+__all__ = ["RULES", "BuildOptimizer", "ErrorCase", "HParams", "LearningRule", "OptimizerRule", "RuleInfo"]
