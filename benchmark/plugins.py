@@ -107,9 +107,21 @@ def register_rule(info: RuleInfo) -> RuleInfo:
 def register_task(info: TaskInfo) -> TaskInfo:
     """Add a task to ``TASKS``, recording the plugin that declared it.
 
+    A held-out task (not ``theory``) must declare its validation split and choose on it, as the
+    built-ins do (docs/protocol.md).
+
     Raises:
         NameTakenError: the name is already registered; the message says by whom.
+        ValueError: a held-out task without a validation split, or targeting a non-``val/`` metric.
     """
+    if not info.theory:
+        chosen = {info.target.metric, info.selected_by.metric}
+        if not info.validation or any(not m.startswith("val/") for m in chosen):
+            raise ValueError(
+                f"task {info.name!r}: a held-out task declares its validation split (validation=...) "
+                f"and targets and selects on val/ metrics (got validation={info.validation!r}, "
+                f"metrics {sorted(chosen)}); a task compared with a closed form sets theory=True"
+            )
     return _register(TASKS, info, _caller_module(info.load_data))
 
 
