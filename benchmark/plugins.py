@@ -516,7 +516,7 @@ def optimizer_hparams(optimizer: type[torch.optim.Optimizer]) -> type[HParams]:
     """
     try:
         hints = typing.get_type_hints(optimizer.__init__)
-    except (NameError, TypeError):  # annotations that do not resolve: fall back on the defaults
+    except (NameError, TypeError, AttributeError):  # annotations that do not resolve: use the defaults
         hints = {}
     fields: dict[str, Any] = {}
     for name, param in inspect.signature(optimizer.__init__).parameters.items():

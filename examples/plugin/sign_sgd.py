@@ -21,6 +21,7 @@ import torch
 from optuna.distributions import FloatDistribution
 from pydantic import Field
 from torch import Tensor
+from torch.optim.optimizer import ParamsT
 
 import benchmark
 from benchmark.rules import BuildOptimizer, HParams, RuleInfo
@@ -40,7 +41,7 @@ class SignSGD(torch.optim.Optimizer):
         lr: the step size η (default: 0.01).
     """
 
-    def __init__(self, params: torch.optim.optimizer.ParamsT, lr: float = 0.01) -> None:
+    def __init__(self, params: ParamsT, lr: float = 0.01) -> None:
         if not lr > 0:
             raise ValueError(f"Invalid learning rate: {lr}")
         super().__init__(params, {"lr": lr})
