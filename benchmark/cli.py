@@ -406,8 +406,11 @@ def render_run(row: dict[str, Any], path: Path) -> str:
         f"  curve      {len(curve)} evaluations",
         f"  provenance {row['package_version']} ({row['code_version']}), torch {row['torch_version']}, "
         f"{row['device_name']} on {row['hostname']}, {row['finished_at']}",
-        "  final metrics:",
     ]
+    for key in ("rule_origin", "task_origin"):  # a plugin's: where its code came from (docs/plugins.md)
+        if row.get(key):
+            lines.append(f"  {key.replace('_', ' '):<10} {row[key]}")
+    lines.append("  final metrics:")
     lines += [f"    {key:<36} {value:.6g}" for key, value in sorted(pairs)]
     artifacts = path.parent.parent / "artifacts" / str(row["run_id"])
     if artifacts.is_dir():
