@@ -244,34 +244,41 @@ def load_for_run(spec: RunSpec) -> None:
             the one its id names.
     """
     for record in spec.plugins:
-        if record.module in sys.modules:
-            continue
-        if Path(record.ref).is_file():
-            version = folder_version(Path(record.ref).parent)
-            if version != record.version:
-                raise RuntimeError(
-                    f"plugin {record.ref} changed since the suite was planned ({record.version} → "
-                    f"{version}); run the suite again"
-                )
-            sys.path.insert(0, str(Path(record.ref).parent))
-        _import(record.module, record.ref)
+        _load_record(record, check_version=True)
     rule = spec.rule_origin
     if rule is not None and ":" in rule.source and spec.rule not in RULES:
         register_optimizer(RuleEntry(name=spec.rule, optimizer=rule.source), None, 0)
 
 
 def load_recorded(records: Iterable[PluginRef]) -> list[str]:
-    """Import plugins recorded in stored rows (``leaderboard`` by suite name); returns what failed."""
+    """Import the plugins stored rows record, as they are now (``leaderboard`` by suite name, which
+    needs their tasks' theory plots, not their old code); returns what could not be imported."""
     failed = []
-    for record in records:
+    for record in {r.ref: r for r in records}.values():
         try:
-            if Path(record.ref).is_file():
-                _load_file(Path(record.ref), None, "plugins")
-            elif record.module not in sys.modules:
-                _import(record.module, record.ref)
-        except (SpecError, RuntimeError) as exc:
+            _load_record(record, check_version=False)
+        except SpecError as exc:
             failed.append(f"{record.ref}: {exc}")
     return failed
+
+
+def _load_record(record: PluginRef, check_version: bool) -> None:
+    if record.ref in _LOADED:
+        return
+    file = Path(record.ref)
+    if not file.is_file():  # a module, an entry point, or a file the runtime_env shipped
+        _load_module(record.module if file.suffix == ".py" else record.ref, None, "plugins")
+        return
+    version = folder_version(file.parent)
+    if check_version and version != record.version:
+        raise RuntimeError(
+            f"plugin {record.ref} changed since the suite was planned ({record.version} → {version}); "
+            "run the suite again"
+        )
+    if record.module not in sys.modules:
+        sys.path.insert(0, str(file.parent))
+        _import(record.module, record.ref)
+    _LOADED[record.ref] = Plugin(record.ref, record.module, version)
 
 
 def records_from_json(texts: Iterable[str | None]) -> list[PluginRef]:

@@ -18,11 +18,12 @@ import yaml
 
 import benchmark
 from benchmark.plan import expand
-from benchmark.plugins import folder_version, optimizer_hparams
+from benchmark.plugins import folder_version, load_for_run, optimizer_hparams
 from benchmark.rules import RULES, BuildOptimizer, HParams, RuleInfo
 from benchmark.rules.base import steps_without_closure
-from benchmark.spec import load_suite
+from benchmark.spec import PluginRef, load_suite
 from tests.conftest import tiny_suite, write_suite
+from tests.helpers import make_spec
 
 ROOT = Path(benchmark.__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "plugin"
@@ -187,24 +188,51 @@ def test_list_suite_shows_plugin_rules_and_tasks_marked_and_installed_entry_poin
     assert "installed_rule" not in plain.stdout, "a plain list loads no entry point"
 
 
-def test_an_installed_plugin_is_identified_by_its_distribution_version(tmp_path: Path) -> None:
+def test_installed_and_path_plugins_are_identified_by_version_or_code_hash(tmp_path: Path) -> None:
     site = tmp_path / "site"
     (site / "myplug-1.0.dist-info").mkdir(parents=True)
     (site / "myplug-1.0.dist-info" / "METADATA").write_text(
         "Metadata-Version: 2.1\nName: myplug\nVersion: 1.0\n"
     )
     (site / "myplug-1.0.dist-info" / "top_level.txt").write_text("myplug_rules\n")
+    (site / "myplug-1.0.dist-info" / "entry_points.txt").write_text(
+        "[synapsebench.plugins]\nmyplug = myplug_rules\n"
+    )
     (site / "myplug_rules.py").write_text(RULE_PLUGIN.format(name="installed_rule"))
-    suite = _suite_with(tmp_path, ["myplug_rules"], [{"name": "installed_rule"}, {"name": "adamw"}])
+    (site / "loose_rules.py").write_text(RULE_PLUGIN.format(name="loose_rule"))  # on the path, no install
+    rules = [{"name": "installed_rule"}, {"name": "loose_rule"}, {"name": "adamw"}]
+    suite = _suite_with(tmp_path, ["myplug", "loose_rules"], rules)
     code = textwrap.dedent(f"""
         from benchmark.plan import expand
-        from benchmark.spec import load_suite
+        from benchmark.spec import PluginRef, load_suite
         for spec in expand(load_suite({str(suite)!r}), {str(suite)!r}).specs:
             print(spec.rule, spec.rule_origin)
     """)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(site)])}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert done.stdout.split("\n")[:2] == ["adamw None", "installed_rule myplug_rules myplug 1.0"]
+    origins = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    assert origins["adamw"] == "None"
+    assert origins["installed_rule"] == "myplug_rules myplug 1.0", "an installed package: its version"
+    assert origins["loose_rule"] == f"loose_rules {folder_version_of(site / 'loose_rules.py')}"
+
+
+def folder_version_of(file: Path) -> str:
+    """A lone module's hash, as the plugin loader takes it: that file alone."""
+    import hashlib
+
+    digest = hashlib.sha256(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
+    return f"sha256:{digest.hexdigest()}"
+
+
+def test_a_worker_refuses_a_plugin_file_changed_since_planning(tmp_path: Path) -> None:
+    (tmp_path / "plugin_changed_since.py").write_text("x = 1\n")  # registers nothing: safe to import here
+    record = PluginRef(
+        ref=str(tmp_path / "plugin_changed_since.py"), module="plugin_changed_since", version=""
+    )
+    spec = make_spec().model_copy(update={"plugins": (record.model_copy(update={"version": "sha256:old"}),)})
+    with pytest.raises(RuntimeError, match="changed since the suite was planned"):
+        load_for_run(spec)
+    assert "plugin_changed_since" not in sys.modules, "nothing of it was imported"
 
 
 def test_plugins_leave_the_ids_of_built_in_cells_alone(tmp_path: Path) -> None:
