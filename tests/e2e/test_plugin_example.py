@@ -3,14 +3,22 @@ process each time (a plugin's module must not outlive its run), a real local Ray
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
+from typing import Any
 
 import yaml
 from mlflow.tracking import MlflowClient
 
 from benchmark import store
-from tests.test_plugins import EXAMPLE, synapsebench
+from benchmark.plugins import folder_version, shipped_modules
+from benchmark.spec import PluginRef
+from tests.helpers import make_spec
+from tests.test_plugins import EXAMPLE, ROOT, synapsebench
 
 SUITE = "plugin-example"
 
@@ -82,3 +90,43 @@ def test_plugin_rule_task_and_optimizer_entry_run_land_and_rerun_when_edited(tmp
     by_name = synapsebench("leaderboard", SUITE, "--results", str(results), cwd=tmp_path)
     assert by_name.returncode == 0, by_name.stderr
     assert "plugin not imported" not in by_name.stderr
+
+
+def test_a_cluster_worker_without_the_plugin_files_imports_the_shipped_copy(
+    ray_session: Any, tmp_path: Path
+) -> None:
+    example = tmp_path / "example"
+    shutil.copytree(EXAMPLE, example, ignore=shutil.ignore_patterns("__pycache__"))
+    shipped = shipped_modules([PluginRef(ref=str(example / "sign_sgd.py"), module="sign_sgd", version="")])
+    assert shipped == [str(example / "linear_regression.py"), str(example / "sign_sgd.py")]
+    # A driver joins the cluster with the plugins in its runtime_env; its worker, as one on another
+    # node, is given a path it does not have, and imports the copy Ray shipped.
+    elsewhere = PluginRef(ref="/elsewhere/sign_sgd.py", module="sign_sgd", version=folder_version(example))
+    spec = make_spec(rule="adamw").model_copy(update={"plugins": (elsewhere,)})
+    driver = textwrap.dedent(f"""
+        import ray
+        from benchmark.execute.cluster import connect
+
+        connect({ray_session.address_info["address"]!r}, py_modules={shipped!r})
+
+        @ray.remote
+        def worker():  # imports inside: a function of __main__ travels with copies of its globals
+            import sys
+            from benchmark.plugins import load_for_run
+            from benchmark.rules import RULES
+            from benchmark.spec import RunSpec
+
+            load_for_run(RunSpec.model_validate_json({spec.model_dump_json()!r}))
+            return sys.modules["sign_sgd"].__file__, "sign_sgd" in RULES
+
+        print(*ray.get(worker.remote(), timeout=240))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", driver], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    file, registered = done.stdout.split()[-2:]
+    assert registered == "True"
+    assert not Path(file).is_relative_to(example), "imported from the copy Ray shipped"
+    assert "runtime_resources" in file
