@@ -17,11 +17,10 @@ import torch
 import yaml
 
 import benchmark
-from benchmark.plan import expand
 from benchmark.plugins import folder_version, load_for_run, optimizer_hparams
 from benchmark.rules import RULES, BuildOptimizer, HParams, RuleInfo
 from benchmark.rules.base import steps_without_closure
-from benchmark.spec import PluginRef, load_suite
+from benchmark.spec import PluginRef
 from tests.conftest import tiny_suite, write_suite
 from tests.helpers import make_spec
 
@@ -236,13 +235,23 @@ def test_a_worker_refuses_a_plugin_file_changed_since_planning(tmp_path: Path) -
 
 
 def test_plugins_leave_the_ids_of_built_in_cells_alone(tmp_path: Path) -> None:
-    plain = write_suite(tmp_path / "plain.yaml", **tiny_suite(tasks=("digits_mlp",)))
-    with_plugins = tmp_path / "with.yaml"
-    with_plugins.write_text(
-        yaml.safe_dump({**yaml.safe_load(plain.read_text()), "plugins": []}, sort_keys=False)
-    )
-    ids = [s.run_id for s in expand(load_suite(plain), plain).specs]
-    assert ids == [s.run_id for s in expand(load_suite(with_plugins), with_plugins).specs]
+    example = yaml.safe_load((EXAMPLE / "suite.yaml").read_text())
+    plain = {k: v for k, v in example.items() if k != "plugins"}
+    plain["tasks"] = [t for t in example["tasks"] if t["name"] == "digits_mlp"]
+    plain["rules"] = [r for r in example["rules"] if r["name"] == "adamw"]
+    plain_path = write_suite(tmp_path / "plain.yaml", **plain)
+    code = textwrap.dedent(f"""
+        from benchmark.plan import expand
+        from benchmark.spec import load_suite
+        for path in ({str(plain_path)!r}, {str(EXAMPLE / "suite.yaml")!r}):
+            specs = expand(load_suite(path), path).specs
+            print(*sorted(s.run_id for s in specs if (s.task, s.rule) == ("digits_mlp", "adamw")))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    without, beside_plugins = done.stdout.splitlines()
+    assert without == beside_plugins
+    assert len(without.split()) == len(example["seeds"])
 
 
 def test_a_plugin_folder_version_changes_with_any_of_its_python_files(tmp_path: Path) -> None:
