@@ -41,6 +41,15 @@ benchmark.register_rule(
 """
 
 
+NEEDS_MOMENTUM = """
+import torch
+
+class NeedsMomentum(torch.optim.SGD):
+    def __init__(self, params, momentum, lr=0.1):
+        super().__init__(params, lr=lr, momentum=momentum)
+"""
+
+
 def synapsebench(*args: str, cwd: Path, extra_path: Path | None = None) -> subprocess.CompletedProcess[str]:
     """The CLI in a new interpreter, with this checkout's package first on the path."""
     path = [str(ROOT), *([str(extra_path)] if extra_path else []), os.environ.get("PYTHONPATH", "")]
@@ -131,12 +140,15 @@ def test_optimizer_paths_that_do_not_name_an_optimizer_are_refused(tmp_path: Pat
 
 
 def test_optimizer_hyperparameters_are_checked_against_its_constructor(tmp_path: Path) -> None:
+    (tmp_path / "needs_momentum.py").write_text(NEEDS_MOMENTUM)
     rules = [
         {"name": "adagrad", "optimizer": "torch.optim:Adagrad", "hparams": {"lrr": 0.1}},
         {"name": "adagrad2", "optimizer": "torch.optim:Adagrad", "hparams": {"lr": "fast"}},
         {"name": "adagrad3", "optimizer": "torch.optim:Adagrad", "sweep": {"maximize": [False, "sometimes"]}},
+        {"name": "heavy_ball", "optimizer": "needs_momentum:NeedsMomentum"},
     ]
-    err = _refused(tmp_path, _suite_with(tmp_path, [], rules))
+    err = _refused(tmp_path, _suite_with(tmp_path, ["needs_momentum.py"], rules))
+    assert "rules[3].hparams.momentum: expected a value (the field is required)" in err
     assert "rules[0].hparams.lrr: expected a hyperparameter of 'adagrad'" in err
     assert "rules[1].hparams.lr" in err
     assert "a valid number" in err
@@ -170,13 +182,19 @@ def test_list_suite_shows_plugin_rules_and_tasks_marked_and_installed_entry_poin
     )
     (site / "myplug_rules.py").write_text(RULE_PLUGIN.format(name="installed_rule"))
 
-    done = synapsebench("list", "--suite", str(EXAMPLE / "suite.yaml"), cwd=tmp_path, extra_path=site)
+    (tmp_path / "needs_momentum.py").write_text(NEEDS_MOMENTUM)
+    example = yaml.safe_load((EXAMPLE / "suite.yaml").read_text())
+    example["plugins"] = [str(EXAMPLE / p) for p in example["plugins"]] + ["needs_momentum.py"]
+    example["rules"].append({"name": "heavy_ball", "optimizer": "needs_momentum:NeedsMomentum"})
+    suite = write_suite(tmp_path / "suite.yaml", **example)
+    done = synapsebench("list", "--suite", str(suite), cwd=tmp_path, extra_path=site)
     assert done.returncode == 0, done.stderr
     lines = {line.split()[0]: line for line in done.stdout.splitlines() if line.startswith("  ")}
     assert f"[plugin: {EXAMPLE / 'sign_sgd.py'}]" in lines["sign_sgd"]
     assert "data-parallel" in lines["sign_sgd"], "derived: its step needs no closure"
     assert f"[plugin: {EXAMPLE / 'linear_regression.py'}]" in lines["noisy_linear_regression"]
     assert "[plugin: the optimizer: entry torch.optim:Adagrad]" in lines["adagrad"]
+    assert "momentum = (required)" in done.stdout, "an optimizer argument without a default"
     assert "[plugin: myplug]" in lines["installed_rule"], "an installed entry point is loaded by list --suite"
     assert "plugin" not in lines["adamw"]
     assert "plugin" not in lines["digits_mlp"]
