@@ -10,6 +10,7 @@ import gc
 import os
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from benchmark.errors import ExitCode, SpecError
 
 if TYPE_CHECKING:
-    from benchmark.spec import RunSpec
+    from benchmark.spec import PluginRef, RunSpec
     from benchmark.tracking import Tracker
 
 DEFAULT_RESULTS = Path("leaderboards")
@@ -45,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.command(args)
         return code
     except SpecError as exc:
+        if args.debug:  # e.g. a plugin's own traceback, chained under the error
+            traceback.print_exception(exc, file=sys.stderr)
         print(f"synapsebench: error: {exc}", file=sys.stderr)
         return ExitCode.BAD_INPUT
     except KeyboardInterrupt:
@@ -56,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="synapsebench",
         description="Benchmark learning rules over rule × task × seed grids on Ray, tracked in MLflow.",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of bad input (a plugin's error)"
     )
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
@@ -83,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
 
     lst = sub.add_parser("list", help="show the registered rules and tasks")
     lst.add_argument("what", nargs="?", choices=["rules", "tasks"], help="only rules or only tasks")
+    lst.add_argument(
+        "--suite", type=Path, help="also the rules and tasks of this suite's plugins and installed plugins"
+    )
     lst.set_defaults(command=cmd_list)
 
     board = sub.add_parser("leaderboard", help="build a suite's leaderboard from its stored runs")
@@ -147,7 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     args.results.mkdir(parents=True, exist_ok=True)
     _record_dropped(args.results, suite.name, plan.dropped)
     tracker = _tracker(args, suite.name)
-    resources, started_here = _connect(args)
+    resources, started_here = _connect(args, plan.specs[0].plugins)
     from benchmark.execute.cluster import shutdown_in_background
     from benchmark.execute.grid import run_grid
 
@@ -174,18 +183,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _connect(args: argparse.Namespace) -> tuple[Callable[[RunSpec], dict[str, float]], bool]:
-    """Start or join Ray. Returns the per-run resource request (GPUs only where the cluster has
-    them), and whether this call started a local Ray."""
+def _connect(
+    args: argparse.Namespace, plugins: Sequence[PluginRef] = ()
+) -> tuple[Callable[[RunSpec], dict[str, float]], bool]:
+    """Start or join Ray, shipping the suite's plugins to a cluster's workers. Returns the per-run
+    resource request (GPUs only where the cluster has them), and whether this call started a local Ray."""
     from benchmark.execute.cluster import connect
-    from benchmark.tasks import TASKS
+    from benchmark.plugins import shipped_modules
 
     args.results.mkdir(parents=True, exist_ok=True)
     env = {"SYNAPSEBENCH_DATA": str(args.data_dir.resolve())} if args.data_dir else {}
-    connection = connect(args.address, args.num_cpus, env)
+    connection = connect(args.address, args.num_cpus, env, shipped_modules(plugins))
     has_gpu = connection.resources.get("GPU", 0) > 0
 
     def resources(spec: RunSpec) -> dict[str, float]:
+        # Imported here, not captured: this function travels to Ray's workers, and a captured
+        # registry would carry plugin tasks that a worker cannot unpickle before it imports them.
+        from benchmark.tasks import TASKS
+
         need = TASKS.get(spec.task).resources_for(spec.task_options)
         return {"cpu": need.cpus, "gpu": need.gpus if has_gpu else 0.0}
 
@@ -225,7 +240,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise SpecError(args.suite, "budget.workers", "none when tuning (each trial is one process)", workers)
     if not tuning_bases(plan, args.rules):
         raise SpecError(args.suite, "rules", "at least one rule with a search space to tune", "none")
-    resources, _ = _connect(args)
+    resources, _ = _connect(args, plan.specs[0].plugins)
     cells = tune_plan(
         plan, args.trials, args.results, lambda name: _tracker(args, name), resources, args.rules
     )
@@ -254,23 +269,30 @@ def _print_plan(plan: object, results: Path) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from benchmark.plugins import plugin_mark
     from benchmark.rules import RULES
     from benchmark.tasks import TASKS
 
+    if args.suite is not None:
+        from benchmark.plugins import load_entry_points, load_suite_plugins
+        from benchmark.spec import load_suite
+
+        load_suite_plugins(load_suite(args.suite), args.suite)
+        load_entry_points()
     if args.what in (None, "rules"):
         print("Rules:")
         for name, rule in RULES.items():
             tags = ", ".join([rule.track, *(["data-parallel"] if rule.data_parallel else [])])
-            print(f"  {name:<16} {rule.description}  [{tags}]")
+            print(f"  {name:<16} {rule.description}  [{tags}]{plugin_mark('rule', name)}")
             tunable = set(rule.search_space)
-            for key, value in rule.defaults().items():
+            for key, value in _listed_defaults(rule).items():
                 mark = " (tuned)" if key in tunable else ""
-                print(f"      {key} = {value!r}{mark}")
+                print(f"      {key} = {value}{mark}")
     if args.what in (None, "tasks"):
         print("Tasks:")
         for name, task in TASKS.items():
             target = task.target
-            print(f"  {name:<16} {task.description}")
+            print(f"  {name:<16} {task.description}{plugin_mark('task', name)}")
             print(f"      target: {target.metric} {'>=' if target.mode == 'max' else '<='} {target.value}")
             chosen = task.selected_by
             print(f"      selected by: {chosen.metric} ({chosen.mode}); chance: {task.chance:g}")
@@ -279,6 +301,14 @@ def cmd_list(args: argparse.Namespace) -> int:
             for key, value in task.defaults().items():
                 print(f"      {key} = {value!r}")
     return ExitCode.OK
+
+
+def _listed_defaults(rule: Any) -> dict[str, str]:
+    """A rule's hyperparameters as ``list`` shows them; an ``optimizer:`` rule's may be required."""
+    fields = rule.hparams.model_fields
+    if any(field.is_required() for field in fields.values()):
+        return {k: "(required)" if f.is_required() else repr(f.default) for k, f in fields.items()}
+    return {k: repr(v) for k, v in rule.defaults().items()}
 
 
 def _warn_stale(results: Path, suite: str) -> None:
@@ -302,10 +332,28 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         name = suite.name
     _check_results(args.results)
     _warn_stale(args.results, name)
+    if planned is None:
+        _load_recorded_plugins(args.results, name)
     parquet, markdown = _write_board(name, args.results, required=True, only=planned)
     print(f"wrote {markdown} and {parquet}")
     print(markdown.read_text())
     return ExitCode.OK
+
+
+def _load_recorded_plugins(results: Path, suite: str) -> None:
+    """Import the plugins the suite's stored runs record, so their tasks' theory plots are drawn."""
+    from benchmark import store
+
+    texts = store.read_runs(results, suite).column("plugins_json").to_pylist()
+    if not any(texts):
+        return
+    from benchmark.plugins import load_recorded, records_from_json
+
+    for failure in load_recorded(records_from_json(texts)):
+        print(
+            f"synapsebench: note: plugin not imported, its theory plots are left out: {failure}",
+            file=sys.stderr,
+        )
 
 
 def _write_site(results: Path) -> None:
@@ -358,8 +406,11 @@ def render_run(row: dict[str, Any], path: Path) -> str:
         f"  curve      {len(curve)} evaluations",
         f"  provenance {row['package_version']} ({row['code_version']}), torch {row['torch_version']}, "
         f"{row['device_name']} on {row['hostname']}, {row['finished_at']}",
-        "  final metrics:",
     ]
+    for key in ("rule_origin", "task_origin"):  # a plugin's: where its code came from (docs/plugins.md)
+        if row.get(key):
+            lines.append(f"  {key.replace('_', ' '):<10} {row[key]}")
+    lines.append("  final metrics:")
     lines += [f"    {key:<36} {value:.6g}" for key, value in sorted(pairs)]
     artifacts = path.parent.parent / "artifacts" / str(row["run_id"])
     if artifacts.is_dir():

@@ -1,8 +1,9 @@
 """Suite → RunSpecs: resolve names in the registries, validate hyperparameters and options, expand the grid.
 
-Cells a rule cannot run (say AGD on a model with biases) are dropped with the rule's reason rather
-than failing later on a worker. Every error names the suite file (or the tuned-config file) and the
-field, and all errors of a file are reported together.
+The suite's plugins are imported first (:mod:`benchmark.plugins`), so their rules and tasks resolve
+like the built-ins. Cells a rule cannot run (say AGD on a model with biases) are dropped with the
+rule's reason rather than failing later on a worker. Every error names the suite file (or the
+tuned-config file) and the field, and all errors of a file are reported together.
 """
 
 from __future__ import annotations
@@ -89,8 +90,10 @@ def expand(suite: Suite, path: str | Path, code_version: str = "") -> Plan:
     Raises:
         SpecError: an unknown rule, task or hyperparameter, a bad value, or an empty grid.
     """
+    from benchmark.plugins import load_suite_plugins
     from benchmark.tasks import TASKS  # tasks may be heavy to import; only the planner needs them
 
+    plugins = load_suite_plugins(suite, path)  # before any name is looked up: they register names
     errors: list[SpecError] = []
     tasks: list[tuple[Any, Any, Budget]] = []
     for i, entry in enumerate(suite.tasks):
@@ -199,6 +202,9 @@ def expand(suite: Suite, path: str | Path, code_version: str = "") -> Plan:
                 artifacts=tuple(suite.artifacts),
                 entry=j,
                 track=rule.track,
+                plugins=plugins.records,
+                rule_origin=plugins.rule_origin(rule.name),
+                task_origin=plugins.task_origin(task.name),
             )
             label = f"{task.name} × {spec.rule_display} × seed {seed}"
             if spec.run_id in seen:

@@ -71,6 +71,23 @@ class TaskEntry(_Frozen):
     budget: Budget | None = None
 
 
+OPTIMIZER_PATH_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+
+
+class SearchRange(_Frozen):
+    """A tuning range of one hyperparameter of an ``optimizer:`` rule entry."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SearchRange:
+        if not self.low < self.high or (self.log and self.low <= 0):
+            raise ValueError("low < high (and low > 0 on a log scale)")
+        return self
+
+
 class RuleEntry(_Frozen):
     """A learning rule of the suite.
 
@@ -88,6 +105,17 @@ class RuleEntry(_Frozen):
     tasks: Annotated[list[str], Field(min_length=1)] | None = None
     """Run this rule on these of the suite's tasks only, all of them when left out: a task name, or
     a name with option values (``saxe_depth[depth=6]``) to pick some variants of a swept task."""
+    optimizer: Annotated[str, Field(pattern=OPTIMIZER_PATH_PATTERN)] | None = None
+    """A ``torch.optim.Optimizer`` subclass by import path (``my_pkg.optim:Lion``), registered in the
+    rule registry under ``name`` when the suite is planned (docs/plugins.md)."""
+    search_space: dict[str, SearchRange] = {}
+    """With ``optimizer``: the ranges ``synapsebench tune`` searches; the rule is not tuned without one."""
+
+    @model_validator(mode="after")
+    def _search_space_needs_optimizer(self) -> RuleEntry:
+        if self.search_space and self.optimizer is None:
+            raise ValueError("search_space only with optimizer (a registered rule has its own)")
+        return self
 
 
 class Suite(_Frozen):
@@ -97,6 +125,9 @@ class Suite(_Frozen):
     description: str = ""
     tasks: Annotated[list[TaskEntry], Field(min_length=1)]
     rules: Annotated[list[RuleEntry], Field(min_length=1)]
+    plugins: list[Annotated[str, Field(min_length=1)]] = []
+    """Python files (relative to the suite file) or importable module names that register rules and
+    tasks, imported before planning (docs/plugins.md)."""
     seeds: Annotated[list[Annotated[StrictInt, Field(ge=0)]], Field(min_length=1)]
     budget: Budget
     artifacts: list[Literal["weight_histogram"]] = []
@@ -104,8 +135,30 @@ class Suite(_Frozen):
     layer's weight magnitudes (log10 |w|) at init and at the end, with a log-normal fit."""
 
 
-NOT_HASHED = {"suite", "code_version", "shown", "artifacts", "entry", "track"}
+NOT_HASHED = {"suite", "code_version", "shown", "artifacts", "entry", "track", "plugins"}
 """RunSpec fields that do not change a run's result: recorded beside it, not part of its id."""
+
+
+class Origin(_Frozen):
+    """Where a plugin's rule or task comes from; part of the identity of the runs that use it."""
+
+    source: str
+    """The plugin module that registered it (``sign_sgd``), or an ``optimizer:`` entry's class path."""
+    version: str
+    """``sha256:<hex>`` of the plugin's code, or the version of the distribution that installed it."""
+
+    def __str__(self) -> str:
+        """As the store and MLflow record it: ``sign_sgd sha256:…``."""
+        return f"{self.source} {self.version}"
+
+
+class PluginRef(_Frozen):
+    """A plugin a run imports before it looks its rule and task up, and the version it was planned with."""
+
+    ref: str
+    """An absolute ``.py`` path, or a module or ``synapsebench.plugins`` entry-point name."""
+    module: str
+    version: str
 
 
 class RunSpec(_Frozen):
@@ -129,6 +182,12 @@ class RunSpec(_Frozen):
     """Index of the suite's rule entry the cell came from: the leaderboard selects one point per entry."""
     track: Literal["tuned", "self_tuning"] = "tuned"
     """The rule's scoring track (AlgoPerf's external tuning vs self-tuning), copied from the registry."""
+    plugins: tuple[PluginRef, ...] = ()
+    """The suite's plugins, which a worker imports first; recorded, not hashed (the origins are)."""
+    rule_origin: Origin | None = None
+    """Set for a plugin's rule: editing the plugin changes the run's id, so its cells run again."""
+    task_origin: Origin | None = None
+    """Set for a plugin's task, as ``rule_origin``."""
 
     def identity(self) -> dict[str, Any]:
         """Everything that changes the run's result (the code version is recorded, not hashed).
@@ -137,7 +196,7 @@ class RunSpec(_Frozen):
         """
         return self.model_dump(
             mode="json",
-            exclude={"suite", "code_version", "shown", "artifacts", "entry", "track"},
+            exclude=NOT_HASHED,
             exclude_none=True,
         )
 
@@ -145,6 +204,11 @@ class RunSpec(_Frozen):
     def run_id(self) -> str:
         """Stable content hash of :meth:`identity`: the run's name everywhere."""
         return content_hash(self.identity())
+
+    @property
+    def plugins_json(self) -> str:
+        """The plugins as the store and MLflow record them: JSON text of their refs and versions."""
+        return json.dumps([p.model_dump() for p in self.plugins])
 
     @property
     def rule_display(self) -> str:

@@ -97,6 +97,11 @@ def spec_params(spec: RunSpec) -> dict[str, str]:
     }
     params.update({f"task.{k}": json.dumps(v) for k, v in spec.task_options.items()})
     params.update({f"hparams.{k}": json.dumps(v) for k, v in spec.hparams.items()})
+    for kind, origin in (("rule", spec.rule_origin), ("task", spec.task_origin)):
+        if origin is not None:  # a plugin's: the code it came from and its hash (docs/plugins.md)
+            params[f"{kind}.origin"] = str(origin)
+    if spec.plugins:
+        params["plugins"] = spec.plugins_json
     return params
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,13 +38,18 @@ class Connection:
 
 
 def connect(
-    address: str | None = None, num_cpus: int | None = None, env: dict[str, str] | None = None
+    address: str | None = None,
+    num_cpus: int | None = None,
+    env: dict[str, str] | None = None,
+    py_modules: Sequence[str] = (),
 ) -> Connection:
     """Join Ray at ``address`` (or ``RAY_ADDRESS``), else start a local instance.
 
     ``env`` is set for the driver and every worker (a local Ray's workers inherit the driver's
-    environment; a cluster's get it through the runtime environment). Reuses an instance this
-    process already started (tests keep one per session). Returns the cluster's total resources
+    environment; a cluster's get it through the runtime environment). ``py_modules`` (a suite's
+    plugin files and folders) are shipped to a cluster's workers the same way; a local Ray's
+    workers import them from where they are. Reuses an instance this process already started
+    (tests keep one per session). Returns the cluster's total resources
     and whether this call started a local instance.
     """
     _quiet_defaults()
@@ -52,7 +58,10 @@ def connect(
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or None
         if address:
-            ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": dict(env or {})})
+            runtime_env: dict[str, Any] = {"env_vars": dict(env or {})}
+            if py_modules:
+                runtime_env["py_modules"] = list(py_modules)
+            ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
         else:
             _no_idle_workers()
             started_here = True

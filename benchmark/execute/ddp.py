@@ -17,6 +17,7 @@ from typing import Any
 
 from benchmark import store, train
 from benchmark.hooks import artifact_hooks
+from benchmark.plugins import load_for_run
 from benchmark.spec import RunSpec
 
 
@@ -25,6 +26,7 @@ def _worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     spec = RunSpec.model_validate(config["spec"])
+    load_for_run(spec)
     results = Path(config["results"])
     lead = ray.train.get_context().get_world_rank() == 0
     hooks = artifact_hooks(spec, store.artifacts_dir(results, spec) if lead else None)

@@ -26,6 +26,7 @@ from ray.tune.logger import JsonLoggerCallback
 
 from benchmark import store, train
 from benchmark.hooks import artifact_hooks
+from benchmark.plugins import load_for_run
 from benchmark.result import RunResult
 from benchmark.spec import RunSpec
 from benchmark.tracking import Tracker
@@ -85,6 +86,7 @@ def _objective(spec: RunSpec, metrics: dict[str, float] | Any) -> dict[str, floa
 
 def _trainable(config: dict[str, Any]) -> None:
     spec = spec_from_config(config)
+    load_for_run(spec)  # the suite's plugins register the run's rule or task in this process too
     results = Path(config["results"])
 
     def report(step: int, metrics: dict[str, float] | Any) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from benchmark.registry import Registry
 from benchmark.rules.agd import AGD_RULE
-from benchmark.rules.base import ErrorCase, HParams, LearningRule, OptimizerRule, RuleInfo
+from benchmark.rules.base import BuildOptimizer, ErrorCase, HParams, LearningRule, OptimizerRule, RuleInfo
 from benchmark.rules.baselines import ADAM, ADAMW, SGD
 from benchmark.rules.diffgrad import DIFFGRAD
 from benchmark.rules.eg import EG_ADAMW, EG_SGD, SGD_SIGNED
@@ -51,4 +51,4 @@ RULES.add(SHAMPOO)
 RULES.add(ADEMAMIX)
 RULES.add(PRODIGY)
 
-__all__ = ["RULES", "ErrorCase", "HParams", "LearningRule", "OptimizerRule", "RuleInfo"]
+__all__ = ["RULES", "BuildOptimizer", "ErrorCase", "HParams", "LearningRule", "OptimizerRule", "RuleInfo"]

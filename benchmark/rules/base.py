@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, runtime_checkable
@@ -84,6 +85,31 @@ class OptimizerRule:
         self.optimizer.load_state_dict(dict(state))
 
 
+def steps_without_closure(optimizer: type[torch.optim.Optimizer]) -> bool:
+    """Whether ``optimizer.step()`` runs without a closure, so it reads only the gradients and state.
+
+    Such a step sees the same DDP-averaged gradient on every worker and keeps them in step; one
+    that needs a closure (L-BFGS) re-evaluates the loss on its own batch.
+    """
+    closure = inspect.signature(optimizer.step).parameters.get("closure")
+    return closure is None or closure.default is not inspect.Parameter.empty
+
+
+@dataclass(frozen=True, slots=True)
+class BuildOptimizer:
+    """A rule's ``build`` from a torch.optim class whose keyword arguments are the hyperparameters.
+
+    ``exclude`` names hyperparameters that are not the optimizer's (those of a rule's ``prepare``).
+    A rule built this way has ``data_parallel`` derived from the class (:func:`steps_without_closure`).
+    """
+
+    optimizer: type[torch.optim.Optimizer]
+    exclude: frozenset[str] = frozenset()
+
+    def __call__(self, model: nn.Module, hp: HParams) -> OptimizerRule:
+        return OptimizerRule(self.optimizer(model.parameters(), **hp.model_dump(exclude=set(self.exclude))))
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorCase:
     """Hyperparameters that must be refused, and a regex of the message (contract-tested)."""
@@ -115,6 +141,8 @@ class RuleInfo:
         test_hparams: a cheap setting for CI (as a task's ``test_options``), e.g. a loose solver.
         data_parallel: its ``build`` gives an :class:`OptimizerRule` whose step reads only the
             gradient, which DDP averages across workers, so runs may use ``budget.workers``.
+            Derived (set) for a :class:`BuildOptimizer` whose optimizer steps without a closure;
+            other builds declare it.
         forward_passes: the cost of one step in forward-equivalent passes, for the
             ``clock/forward_passes`` clock: 3 for a forward and a backward (a backward costs about
             two forwards). A rule whose cost varies from step to step reports it instead, as
@@ -138,6 +166,10 @@ class RuleInfo:
     test_hparams: Mapping[str, Any] = field(default_factory=dict)
     data_parallel: bool = False
     forward_passes: float = 3.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.build, BuildOptimizer) and steps_without_closure(self.build.optimizer):
+            object.__setattr__(self, "data_parallel", True)  # frozen: set once, at construction
 
     def defaults(self) -> dict[str, Any]:
         return self.hparams().model_dump(mode="json")

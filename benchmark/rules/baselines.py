@@ -2,30 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution
-from torch import nn
 
 from benchmark.rules.base import (
+    BuildOptimizer,
     ErrorCase,
     HParams,
     NonNegativeFloat,
-    OptimizerRule,
     PositiveFloat,
     RuleInfo,
     UnitFloat,
 )
 
 
-def bind(optimizer: type[torch.optim.Optimizer]) -> Callable[[nn.Module, HParams], OptimizerRule]:
-    """A rule's ``build`` from a torch.optim class whose keyword arguments are the hyperparameters."""
-
-    def build(model: nn.Module, hp: HParams) -> OptimizerRule:
-        return OptimizerRule(optimizer(model.parameters(), **hp.model_dump()))
-
-    return build
+def bind(optimizer: type[torch.optim.Optimizer]) -> BuildOptimizer:
+    """A rule's ``build`` from a torch.optim class whose keyword arguments are the hyperparameters;
+    the rule's ``data_parallel`` is derived from the class."""
+    return BuildOptimizer(optimizer)
 
 
 class SGDHParams(HParams):
@@ -53,7 +47,6 @@ class AdamHParams(HParams):
 
 SGD = RuleInfo(
     name="sgd",
-    data_parallel=True,
     description="Stochastic gradient descent with heavy-ball momentum (torch.optim.SGD).",
     hparams=SGDHParams,
     build=bind(torch.optim.SGD),
@@ -71,7 +64,6 @@ SGD = RuleInfo(
 
 ADAMW = RuleInfo(
     name="adamw",
-    data_parallel=True,
     description="Adam with decoupled weight decay (torch.optim.AdamW).",
     hparams=AdamWHParams,
     build=bind(torch.optim.AdamW),
@@ -88,7 +80,6 @@ ADAMW = RuleInfo(
 
 ADAM = RuleInfo(
     name="adam",
-    data_parallel=True,
     description="Adam with L2 regularisation coupled into the gradient (torch.optim.Adam).",
     hparams=AdamHParams,
     build=bind(torch.optim.Adam),

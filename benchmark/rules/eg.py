@@ -23,7 +23,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from pydantic import model_validator
 from torch import Tensor, nn
 
-from benchmark.rules.base import ErrorCase, OptimizerRule, RuleInfo
+from benchmark.rules.base import BuildOptimizer, ErrorCase, RuleInfo
 from benchmark.rules.sign_split import SignSplitHParams, check_nonzero, prepare_sign_split
 
 DEFAULT_FLOOR = 1e-18
@@ -562,12 +562,9 @@ def prepare_eg(model: nn.Module, generator: torch.Generator, hparams: SignSplitH
     return model
 
 
-def _builder(optimizer: type[torch.optim.Optimizer]) -> Callable[[nn.Module, Any], OptimizerRule]:
-    def build(model: nn.Module, hp: SignSplitHParams) -> OptimizerRule:
-        hyper = hp.model_dump(exclude=set(SignSplitHParams.model_fields))
-        return OptimizerRule(optimizer(model.parameters(), **hyper))
-
-    return build
+def _builder(optimizer: type[torch.optim.Optimizer]) -> BuildOptimizer:
+    # The sign-split settings are prepare_eg's, not the optimizer's.
+    return BuildOptimizer(optimizer, exclude=frozenset(SignSplitHParams.model_fields))
 
 
 _SGD_ERRORS = (
@@ -580,7 +577,6 @@ _SGD_ERRORS = (
 
 EG_SGD = RuleInfo(
     name="eg_sgd",
-    data_parallel=True,
     description="Exponentiated-gradient SGD: multiplicative, sign-preserving updates (Dale's law).",
     hparams=EGSGDHParams,
     build=_builder(EGSGD),
@@ -596,7 +592,6 @@ EG_SGD = RuleInfo(
 
 EG_ADAMW = RuleInfo(
     name="eg_adamw",
-    data_parallel=True,
     description="Exponentiated-gradient AdamW: Adam's moments in a sign-preserving multiplicative step.",
     hparams=EGAdamWHParams,
     build=_builder(EGAdamW),
@@ -616,7 +611,6 @@ EG_ADAMW = RuleInfo(
 
 SGD_SIGNED = RuleInfo(
     name="sgd_signed",
-    data_parallel=True,
     description="Sign-constrained SGD (Dale's-law baseline): a step that would cross zero stops near it.",
     hparams=SGDSignedHParams,
     build=_builder(SGDSigned),
