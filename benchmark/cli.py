@@ -137,8 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
     plan = expand(suite, args.suite, code_version())
     _check_results(args.results)
-    for cell in dict.fromkeys(plan.dropped):  # one line per reason, however many variants share it
-        print(f"skipping {cell.rule} on {cell.task}: {cell.reason}", file=sys.stderr)
+    _print_skips(plan.dropped)
     _warn_stale(args.results, suite.name)
     if args.dry_run:
         return _print_plan(plan, args.results)
@@ -172,6 +171,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         return ExitCode.RUNS_FAILED
     return ExitCode.OK
+
+
+def _print_skips(cells: Sequence[Any]) -> None:
+    """One line per dropped (task, rule) cell and reason, however many variants share it."""
+    for cell in dict.fromkeys(cells):
+        print(f"skipping {cell.rule} on {cell.task}: {cell.reason}", file=sys.stderr)
 
 
 def _connect(args: argparse.Namespace) -> tuple[Callable[[RunSpec], dict[str, float]], bool]:
@@ -223,7 +228,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     workers = sorted({s.budget.workers for s in plan.specs if s.budget.workers})
     if workers:
         raise SpecError(args.suite, "budget.workers", "none when tuning (each trial is one process)", workers)
-    if not tuning_bases(plan, args.rules):
+    chosen = tuning_bases(plan, args.rules)
+    _print_skips([*(d for d in plan.dropped if not args.rules or d.rule in args.rules), *chosen.skipped])
+    if not chosen.bases:
         raise SpecError(args.suite, "rules", "at least one rule with a search space to tune", "none")
     resources, _ = _connect(args)
     cells = tune_plan(

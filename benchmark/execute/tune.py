@@ -23,7 +23,7 @@ from ray.tune.search.optuna import OptunaSearch
 from benchmark import store
 from benchmark.atomic import temporary_beside
 from benchmark.execute.grid import OBJECTIVE_KEY, SAMPLED_KEY, GridOutcome, ResourceFn, run_trials
-from benchmark.plan import Plan
+from benchmark.plan import DroppedCell, Plan
 from benchmark.rules import RULES
 from benchmark.spec import RunSpec
 from benchmark.tasks import TASKS
@@ -45,25 +45,46 @@ class TunedCell:
     failed: int
 
 
-def tuning_bases(plan: Plan, rules: list[str] | None = None) -> list[tuple[RunSpec, list[str]]]:
+@dataclass(frozen=True, slots=True)
+class TuningBases:
+    """What ``tune`` will search (one base spec per task and rule, with the keys to search) and the
+    (task, rule) cells it leaves out, each with its reason."""
+
+    bases: list[tuple[RunSpec, list[str]]]
+    skipped: list[DroppedCell]
+
+
+def tuning_bases(plan: Plan, rules: list[str] | None = None) -> TuningBases:
     """One base spec per (task, rule) to tune, on the suite's first seed, with the keys to search.
 
-    Keys the suite fixes in a rule's ``hparams`` stay fixed; self-tuning rules are not tuned.
+    Keys the suite fixes in a rule's ``hparams`` stay fixed; self-tuning rules are not tuned. Every
+    cell left out is returned with its reason, so that ``tune`` can say so (as ``run`` does).
     """
     fixed: dict[str, set[str]] = {}
     for entry in plan.suite.rules:
         fixed.setdefault(entry.name, set()).update(entry.hparams)
     seed = plan.suite.seeds[0]
     bases: dict[tuple[str, str], tuple[RunSpec, list[str]]] = {}
+    skipped: dict[tuple[str, str], str] = {}
     for spec in plan.specs:
         rule = RULES.get(spec.rule)
-        if spec.seed != seed or (rules and spec.rule not in rules) or rule.track == "self_tuning":
+        cell = (spec.task, spec.rule)
+        if spec.seed != seed or (rules and spec.rule not in rules) or cell in bases:
             continue
         keys = sorted(set(rule.search_space) - fixed.get(spec.rule, set()))
-        if keys and (spec.task, spec.rule) not in bases:
+        if rule.track == "self_tuning":
+            skipped[cell] = "a self-tuning rule: it is not tuned"
+        elif not rule.search_space:
+            skipped[cell] = "the rule declares no search space"
+        elif not keys:
+            searchable = ", ".join(sorted(rule.search_space))
+            skipped[cell] = f"the suite fixes every searchable hyperparameter ({searchable})"
+        else:
             tuned_suite = plan.suite.name + TUNE_SUFFIX
-            bases[(spec.task, spec.rule)] = (spec.model_copy(update={"suite": tuned_suite}), keys)
-    return list(bases.values())
+            bases[cell] = (spec.model_copy(update={"suite": tuned_suite}), keys)
+    return TuningBases(
+        list(bases.values()), [DroppedCell(task, rule, reason) for (task, rule), reason in skipped.items()]
+    )
 
 
 def tune_cell(
@@ -153,6 +174,6 @@ def tune_plan(
     """Tune every (task, rule) cell of ``plan`` with the same number of trials."""
     stream = stream or sys.stderr
     results = Path(results).resolve()
-    bases = tuning_bases(plan, rules)
+    bases = tuning_bases(plan, rules).bases
     tracker = make_tracker(plan.suite.name + TUNE_SUFFIX)
     return [tune_cell(base, keys, trials, results, tracker, resources, stream) for base, keys in bases]

@@ -43,3 +43,27 @@ def test_tune_writes_the_best_trial_and_a_suite_can_use_it(tmp_path: Path) -> No
     specs = expand(load_suite(using), using).specs
     assert {s.hparams["lr"] for s in specs} == {cell["hparams"]["lr"]}
     assert len(specs) == 2
+
+
+def test_tune_prints_every_cell_it_leaves_out_with_its_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    suite = write_suite(
+        tmp_path / "skipme.yaml",
+        name="skipme",
+        tasks=[{"name": "digits_mlp"}, {"name": "sparse_signal"}],
+        rules=[
+            {"name": "agd"},
+            {"name": "sgd", "hparams": {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0}},
+        ],
+        seeds=[0],
+        budget={"steps": 10},
+    )
+    results = tmp_path / "results"
+    assert main(["tune", str(suite), "--results", str(results)]) == 2, "nothing is left to tune"
+    err = capsys.readouterr().err
+    assert "skipping agd on digits_mlp: AGD supports only 2-D" in err, "the planner's drop, as `run` says"
+    assert "skipping sgd on digits_mlp: the suite fixes every searchable hyperparameter" in err
+    assert "skipping sgd on sparse_signal: the suite fixes every searchable hyperparameter" in err
+    assert "skipping agd on sparse_signal: a self-tuning rule" in err
+    assert not results.exists(), "bad input writes nothing"
