@@ -70,10 +70,23 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(command=cmd_run)
 
     tune = sub.add_parser(
-        "tune", help="tune each rule of a suite with Optuna, an equal trial budget per rule"
+        "tune",
+        help="tune each rule of a suite with Optuna (AlgoPerf's external tuning: S studies of K trials)",
     )
     tune.add_argument("suite", type=Path, help="suite file (YAML)")
-    tune.add_argument("--trials", type=int, default=20, help="trials per rule and task (default: 20)")
+    tune.add_argument("--trials", type=int, default=5, help="trials per study, K (default: 5)")
+    tune.add_argument(
+        "--studies", type=int, default=3, help="independent studies per rule and task, S (default: 3)"
+    )
+    tune.add_argument("--sampler", default="qmc", help="qmc (scrambled Halton, the default) or tpe")
+    tune.add_argument(
+        "--storage",
+        help="where the studies live: a journal file, or a database URL such as postgresql://… on a "
+        "cluster (default: <results>/<suite>-tune/optuna.journal); a rerun continues its studies",
+    )
+    tune.add_argument(
+        "--asha", action="store_true", help="stop unpromising trials early with ASHA (default: off)"
+    )
     tune.add_argument("--rules", nargs="+", help="only these rules (default: every tunable rule)")
     tune.add_argument(
         "--out", type=Path, help="folder of the tuned-config files (default: tuned/<suite> beside the suite)"
@@ -217,29 +230,51 @@ def cmd_tune(args: argparse.Namespace) -> int:
     plan = expand(suite, args.suite, code_version())
     _check_results(args.results)
     if args.trials < 1:
-        raise SpecError(None, "--trials", "a positive number of trials", args.trials)
+        raise SpecError(None, "--trials", "a positive number of trials per study", args.trials)
+    if args.studies < 1:
+        raise SpecError(None, "--studies", "a positive number of studies", args.studies)
     for name in args.rules or []:
         try:
             RULES.get(name)
         except UnknownNameError as exc:
             raise SpecError(None, "--rules", "registered rules", str(exc)) from None
-    from benchmark.execute.tune import tune_plan, tuning_bases, write_tuned
+    from benchmark.execute import studies
+    from benchmark.execute.tune import (
+        TUNE_SUFFIX,
+        TuneOptions,
+        tune_plan,
+        tuning_bases,
+        write_scores,
+        write_tuned,
+    )
+
+    if args.sampler not in studies.SAMPLERS:
+        raise SpecError(None, "--sampler", " or ".join(studies.SAMPLERS), args.sampler)
 
     workers = sorted({s.budget.workers for s in plan.specs if s.budget.workers})
     if workers:
         raise SpecError(args.suite, "budget.workers", "none when tuning (each trial is one process)", workers)
     chosen = tuning_bases(plan, args.rules)
     _print_skips([*(d for d in plan.dropped if not args.rules or d.rule in args.rules), *chosen.skipped])
-    if not chosen.bases:
+    if not chosen.bases and not chosen.self_tuning:
         raise SpecError(args.suite, "rules", "at least one rule with a search space to tune", "none")
+    storage = args.storage or studies.default_storage(args.results, suite.name + TUNE_SUFFIX)
+    studies.open_storage(storage)  # an unreachable database is bad input, before anything runs
+    options = TuneOptions(args.studies, args.trials, args.sampler, storage, args.asha)
     resources, _ = _connect(args)
-    cells = tune_plan(
-        plan, args.trials, args.results, lambda name: _tracker(args, name), resources, args.rules
-    )
+    cells = tune_plan(plan, options, args.results, lambda name: _tracker(args, name), resources, args.rules)
     out = args.out or Path(args.suite).parent / "tuned" / suite.name
     for cell in cells:
-        print(f"{cell.task} {cell.rule}: best {cell.metric} = {cell.value:.4g} with {cell.hparams}")
-    for path in write_tuned(out, suite.name, suite.seeds[0], cells):
+        scores = ", ".join(f"k={k}: {v:g}" for k, v in cell.scores.items())
+        print(
+            f"{cell.task} {cell.rule}: steps to target {scores or 'none'}; "
+            f"tuned {cell.metric} = {cell.value:.4g} with {cell.hparams}"
+        )
+    for path in write_tuned(out, suite.name, suite.seeds[0], cells, options):
+        print(f"wrote {path}")
+    from benchmark import store
+
+    for path in write_scores(store.suite_dir(args.results, suite.name), cells, options):
         print(f"wrote {path}")
     failed = sum(c.failed for c in cells)
     return ExitCode.RUNS_FAILED if failed else ExitCode.OK

@@ -2,47 +2,122 @@
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
+from typing import Any
 
+import optuna
+import pyarrow.parquet as pq
 import pytest
 import yaml
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 
 from benchmark import store
 from benchmark.cli import main
 from benchmark.plan import expand
+from benchmark.rules import RULES
 from benchmark.spec import load_suite
-from tests.conftest import tiny_suite, write_suite
+from tests.conftest import write_suite
+
+
+def _suite(tmp_path: Path, name: str, steps: int) -> Path:
+    """sgd (momentum fixed: lr and weight decay are searched) and agd (self-tuning) on bias-free digits."""
+    return write_suite(
+        tmp_path / f"{name}.yaml",
+        name=name,
+        tasks=[{"name": "digits_mlp", "options": {"width": 32, "bias": False}}],
+        rules=[{"name": "sgd", "hparams": {"momentum": 0.9}}, {"name": "agd"}],
+        seeds=[0],
+        budget={"steps": steps, "eval_every": 20},
+    )
+
+
+def _studies(journal: Path) -> dict[str, list[optuna.trial.FrozenTrial]]:
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    return {
+        s.study_name: optuna.load_study(study_name=s.study_name, storage=storage).get_trials()
+        for s in optuna.get_all_study_summaries(storage)
+    }
+
+
+def _steps_to_target(row: dict[str, Any]) -> float:
+    reached = [p["step"] for p in row["curve"] if dict(p["metrics"]).get("val/accuracy", 0) >= 0.95]
+    return float(min(reached)) if reached else math.inf
 
 
 @pytest.mark.usefixtures("ray_session")
-def test_tune_writes_the_best_trial_and_a_suite_can_use_it(tmp_path: Path) -> None:
-    suite_dict = tiny_suite(
-        name="tuneme", tasks=("digits_mlp",), rules=({"name": "sgd", "hparams": {"momentum": 0.9}},), steps=20
-    )
-    suite = write_suite(tmp_path / "tuneme.yaml", **suite_dict)
+def test_tune_runs_s_studies_of_k_trials_scores_them_and_writes_the_median_studys_best(
+    tmp_path: Path,
+) -> None:
+    suite = _suite(tmp_path, "tuneme", steps=120)
     results = tmp_path / "results"
-    assert main(["tune", str(suite), "--trials", "3", "--results", str(results)]) == 0
+    argv = ["tune", str(suite), "--studies", "2", "--trials", "3", "--results", str(results)]
+    assert main(argv) == 0
 
-    trials = store.read_runs(results, "tuneme-tune").to_pylist()
-    assert len(trials) == 3, "every rule gets exactly the trial budget"
-    assert {t["seed"] for t in trials} == {0}
-    assert all(yaml.safe_load(t["hparams_json"])["momentum"] == 0.9 for t in trials), (
-        "fixed values stay fixed"
-    )
-    best = max(trials, key=lambda t: dict(t["final"])["val/accuracy"])
+    rows = store.read_runs(results, "tuneme-tune").to_pylist()
+    sgd = [r for r in rows if r["rule"] == "sgd"]
+    assert len(sgd) == 2 * 3, "S studies of K trials"
+    assert {r["seed"] for r in sgd} == {0, 1}, "study s trains on the suite's first seed plus s"
+    assert all(json.loads(r["hparams_json"])["momentum"] == 0.9 for r in sgd), "fixed values stay fixed"
+    defaults = {**RULES.get("sgd").defaults(), "momentum": 0.9}
+    for seed in (0, 1):
+        assert sum(json.loads(r["hparams_json"]) == defaults for r in sgd if r["seed"] == seed) == 1, (
+            "each study's trial 0 is the rule's defaults"
+        )
+    trials = _studies(results / "tuneme-tune" / "optuna.journal")
+    assert len(trials) == 3, "two sgd studies, and agd's one untuned run"
+    points = [
+        {(t.params["lr"], t.params["weight_decay"]) for t in ts if t.user_attrs["slot"] > 0}
+        for name, ts in sorted(trials.items())
+        if "/sgd/qmc/" in name
+    ]
+    assert [len(p) for p in points] == [2, 2]
+    assert not points[0] & points[1], "each study asks its own QMC points"
+
+    (agd,) = [r for r in rows if r["rule"] == "agd"]
+    assert agd["steps"] == 180, "self-tuning: untuned, at 1.5x the budget"
+    assert not (tmp_path / "tuned" / "tuneme" / "agd.yaml").exists()
+
+    # The score: per study the fewest steps to the target, then the median (the lower, for S = 2).
+    per_study = {seed: min(_steps_to_target(r) for r in sgd if r["seed"] == seed) for seed in (0, 1)}
+    defaults_only = {
+        seed: _steps_to_target(
+            next(r for r in sgd if r["seed"] == seed and json.loads(r["hparams_json"]) == defaults)
+        )
+        for seed in (0, 1)
+    }
+    scores = pq.read_table(results / "tuneme" / "tuning.parquet").to_pylist()
+    got = {(s["rule"], s["k"]): s["steps_to_target"] for s in scores}
+    assert got[("sgd", 3)] == min(per_study.values())
+    assert got[("sgd", 1)] == min(defaults_only.values()), "k = 1 scores the defaults alone"
+    assert got[("agd", 1)] == _steps_to_target(agd)
+    assert "| digits_mlp | tuned | sgd |" in (results / "tuneme" / "tuning.md").read_text()
 
     tuned = yaml.safe_load((tmp_path / "tuned" / "tuneme" / "sgd.yaml").read_text())
-    assert tuned["rule"] == "sgd"
     cell = tuned["tasks"]["digits_mlp"]
-    assert cell["hparams"] == yaml.safe_load(best["hparams_json"])
+    median_seed = sorted(
+        (0, 1),
+        key=lambda s: (per_study[s], -max(dict(r["final"])["val/accuracy"] for r in sgd if r["seed"] == s)),
+    )[0]
+    best = max((r for r in sgd if r["seed"] == median_seed), key=lambda r: dict(r["final"])["val/accuracy"])
+    assert cell["hparams"] == json.loads(best["hparams_json"]), "the median study's best trial"
     assert cell["value"] == pytest.approx(dict(best["final"])["val/accuracy"])
-    assert cell["trials"] == 3
+    assert cell["provenance"]["sampler"] == "qmc"
+    assert cell["provenance"]["studies"] == 2
+    assert cell["provenance"]["asha"] is False
 
-    suite_dict["rules"] = [{"name": "sgd", "tuned": "tuned/tuneme/sgd.yaml"}]
-    using = write_suite(tmp_path / "using.yaml", **suite_dict)
+    using = write_suite(
+        tmp_path / "using.yaml",
+        name="using",
+        tasks=[{"name": "digits_mlp", "options": {"width": 32, "bias": False}}],
+        rules=[{"name": "sgd", "tuned": "tuned/tuneme/sgd.yaml"}],
+        seeds=[0, 1],
+        budget={"steps": 20},
+    )
     specs = expand(load_suite(using), using).specs
     assert {s.hparams["lr"] for s in specs} == {cell["hparams"]["lr"]}
-    assert len(specs) == 2
 
 
 def test_tune_prints_every_cell_it_leaves_out_with_its_reason(
