@@ -83,15 +83,28 @@ def open_storage(where: str) -> BaseStorage:
     import sqlalchemy.engine
     import sqlalchemy.exc
 
-    url = sqlalchemy.engine.make_url(where)
-    if url.drivername in ("postgresql", "postgres"):
-        url = url.set(drivername="postgresql+psycopg")  # psycopg 3 is the driver we ship, not psycopg2
     try:
+        url = sqlalchemy.engine.make_url(where)
+        if url.drivername in ("postgresql", "postgres"):
+            url = url.set(drivername="postgresql+psycopg")  # psycopg 3 is the driver we ship, not psycopg2
         return RDBStorage(url.render_as_string(hide_password=False))
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, OSError, ValueError) as exc:
-        shown = url.render_as_string(hide_password=True)
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SpecError(None, "--storage", "a reachable Optuna storage", f"{shown}: {reason}") from None
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        expected = f"a reachable Optuna storage; {reason}"
+        raise SpecError(None, "--storage", expected, where_shown(where)) from None
+
+
+def where_shown(where: str) -> str:
+    """A storage URL with its password masked, for messages and files."""
+    import sqlalchemy.engine
+    import sqlalchemy.exc
+
+    if "://" not in where:
+        return where
+    try:
+        return sqlalchemy.engine.make_url(where).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return where
 
 
 def make_sampler(kind: str, study_index: int) -> optuna.samplers.BaseSampler:

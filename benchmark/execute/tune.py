@@ -293,7 +293,7 @@ def tune_plan(
             flush=True,
         )
     print(
-        f"{options.sampler} sampler, studies in {options.storage}"
+        f"{options.sampler} sampler, studies in {studies.where_shown(options.storage)}"
         + (", ASHA early stopping on" if options.asha else ""),
         file=stream,
         flush=True,
@@ -371,7 +371,7 @@ def write_tuned(
                     "sampler": options.sampler,
                     "studies": options.studies,
                     "trials_per_study": options.trials,
-                    "storage": options.storage,
+                    "storage": studies.where_shown(options.storage),
                     "asha": options.asha,
                     "steps_to_target": _finite_or_none(cell.scores.get(cell.trials, math.inf)),
                 },

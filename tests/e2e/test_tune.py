@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +18,7 @@ import pytest
 import yaml
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
 
 from benchmark import store
 from benchmark.cli import main
@@ -22,13 +28,14 @@ from benchmark.spec import load_suite
 from tests.conftest import write_suite
 
 
-def _suite(tmp_path: Path, name: str, steps: int) -> Path:
+def _suite(tmp_path: Path, name: str, steps: int, self_tuning: bool = True) -> Path:
     """sgd (momentum fixed: lr and weight decay are searched) and agd (self-tuning) on bias-free digits."""
+    rules = [{"name": "sgd", "hparams": {"momentum": 0.9}}, {"name": "agd"}]
     return write_suite(
         tmp_path / f"{name}.yaml",
         name=name,
         tasks=[{"name": "digits_mlp", "options": {"width": 32, "bias": False}}],
-        rules=[{"name": "sgd", "hparams": {"momentum": 0.9}}, {"name": "agd"}],
+        rules=rules if self_tuning else rules[:1],
         seeds=[0],
         budget={"steps": steps, "eval_every": 20},
     )
@@ -142,3 +149,78 @@ def test_tune_prints_every_cell_it_leaves_out_with_its_reason(
     assert "skipping sgd on sparse_signal: the suite fixes every searchable hyperparameter" in err
     assert "skipping agd on sparse_signal: a self-tuning rule" in err
     assert not results.exists(), "bad input writes nothing"
+
+
+def _finished(journal: Path) -> int:
+    if not journal.is_file():
+        return 0
+    return sum(t.state == TrialState.COMPLETE for ts in _studies(journal).values() for t in ts)
+
+
+def _trial_set(journal: Path) -> dict[str, list[tuple[int, str]]]:
+    """Per study, the (slot, hyperparameters) of the trials that spent budget, in slot order."""
+    return {
+        name: sorted(
+            (t.user_attrs["slot"], json.dumps(t.user_attrs["hparams"], sort_keys=True))
+            for t in trials
+            if t.state == TrialState.COMPLETE
+        )
+        for name, trials in _studies(journal).items()
+    }
+
+
+def test_killed_tune_reruns_into_the_trial_set_of_an_unbroken_run(ray_session: Any, tmp_path: Path) -> None:
+    suite = _suite(tmp_path, "resume", steps=200, self_tuning=False)
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    journal = killed / "resume-tune" / "optuna.journal"
+    address = ray_session.address_info["address"]
+    argv = ["tune", str(suite), "--studies", "2", "--trials", "3", "--address", address]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmark", *argv, "--results", str(killed), "--out", str(killed / "tuned")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while _finished(journal) < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    states = [t.state for ts in _studies(journal).values() for t in ts]
+    assert TrialState.COMPLETE in states, "the kill must land after a trial finished"
+    assert TrialState.RUNNING in states, "and while others were running"
+
+    assert main([*argv, "--results", str(killed), "--out", str(killed / "tuned")]) == 0
+    assert main([*argv, "--results", str(whole), "--out", str(whole / "tuned")]) == 0
+    resumed, unbroken = _trial_set(journal), _trial_set(whole / "resume-tune" / "optuna.journal")
+    assert resumed == unbroken, "the rerun continues the same studies to the same trials"
+    assert sorted(len(trials) for trials in unbroken.values()) == [3, 3]
+    interrupted = [t for ts in _studies(journal).values() for t in ts if t.user_attrs.get("interrupted")]
+    assert interrupted, "the trials the kill left running are marked, and asked again"
+    assert all(t.state == TrialState.FAIL for t in interrupted)
+    tuned = [yaml.safe_load((folder / "tuned" / "sgd.yaml").read_text()) for folder in (killed, whole)]
+    assert [t["tasks"]["digits_mlp"]["hparams"] for t in tuned] == [
+        tuned[1]["tasks"]["digits_mlp"]["hparams"]
+    ] * 2
+
+
+@pytest.mark.parametrize(
+    ("flags", "field"),
+    [
+        (["--sampler", "grid"], "--sampler"),
+        (["--studies", "0"], "--studies"),
+        (["--trials", "0"], "--trials"),
+        (["--storage", "postgresql://u:p@127.0.0.1:1/x"], "--storage"),
+    ],
+)
+def test_bad_tuning_input_exits_2_naming_the_flag_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], field: str
+) -> None:
+    suite = _suite(tmp_path, "bad", steps=20)
+    results = tmp_path / "results"
+    assert main(["tune", str(suite), "--results", str(results), *flags]) == 2
+    err = capsys.readouterr().err
+    assert f"{field}: expected" in err
+    assert ":p@" not in err, "a password is never printed"
+    assert not results.exists()
+    assert not (tmp_path / "tuned").exists()
