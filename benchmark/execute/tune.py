@@ -17,6 +17,7 @@ self-tuning track), and get a score row of their own.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -27,6 +28,7 @@ from typing import Any, Literal, TextIO
 
 import yaml
 from optuna.trial import Trial, TrialState
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 
 from benchmark.atomic import temporary_beside
@@ -258,6 +260,53 @@ class StudySearcher(Searcher):
         del checkpoint_path
 
 
+ASHA_REDUCTION = 3
+"""ASHA keeps the top third of a cell's trials at each rung (Li et al. 2020, "A System for Massively
+Parallel Hyperparameter Tuning", Algorithm 2, with η = 3)."""
+
+
+class CellASHA(FIFOScheduler):
+    """ASHA early stopping, one instance per (rule, task) cell: a trial is compared only with the trials
+    of its own cell, on the cell's selection metric and direction (one Tune fit holds every cell, and
+    Tune takes one scheduler). Rungs are in steps, from the task's first evaluation to its budget. A
+    trial that reaches its budget is never stopped, so that it writes its row and makes its last report."""
+
+    def __init__(self, cells: list[_CellStudies]) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._cells = {
+            _cell_key(c.base): AsyncHyperBandScheduler(
+                time_attr=STEP_KEY,
+                metric=OBJECTIVE_KEY,
+                mode=c.selected_by.mode,
+                max_t=c.base.budget.steps,
+                grace_period=min(c.base.eval_every, c.base.budget.steps),
+                reduction_factor=ASHA_REDUCTION,
+                stop_last_trials=False,
+            )
+            for c in cells
+        }
+
+    def _of(self, trial: Any) -> AsyncHyperBandScheduler:
+        return self._cells[_cell_key(spec_from_config(trial.config))]
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        self._of(trial).on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        decision: str = self._of(trial).on_trial_result(tune_controller, trial, result)
+        return decision
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> None:
+        self._of(trial).on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        self._of(trial).on_trial_remove(tune_controller, trial)
+
+
+def _cell_key(spec: RunSpec) -> tuple[str, str, str]:
+    return (spec.task, json.dumps(spec.task_options, sort_keys=True), spec.rule)
+
+
 def tune_plan(
     plan: Plan,
     options: TuneOptions,
@@ -281,7 +330,12 @@ def tune_plan(
     total = searcher.total
     for cell in cells:
         left = sum(s.left for s in cell.studies)
-        shape = f"{len(cell.studies)} studies of {cell.trials} trials" if cell.trials > 1 else "untuned"
+        count = len(cell.studies)
+        shape = (
+            f"{count} stud{'y' if count == 1 else 'ies'} of {cell.trials} trials"
+            if cell.trials > 1
+            else "untuned"
+        )
         print(
             f"tuning {cell.base.rule} on {cell.base.task}: {shape}, {left} trial(s) to run"
             + (
@@ -294,7 +348,11 @@ def tune_plan(
         )
     print(
         f"{options.sampler} sampler, studies in {studies.where_shown(options.storage)}"
-        + (", ASHA early stopping on" if options.asha else ""),
+        + (
+            f", ASHA early stopping on (per cell, η = {ASHA_REDUCTION}, rungs from the first evaluation)"
+            if options.asha
+            else ""
+        ),
         file=stream,
         flush=True,
     )
@@ -311,6 +369,7 @@ def tune_plan(
             outcome,
             stream,
             search_alg=searcher,
+            scheduler=CellASHA(cells) if options.asha else None,
         )
     shown = _task_displays([cell.base for cell in cells])
     return [_tuned_cell(storage, cell, shown[cell.base.run_id]) for cell in cells]
@@ -423,6 +482,7 @@ def write_scores(folder: Path, cells: list[TunedCell], options: TuneOptions) -> 
                     "trials_per_study": cell.trials,
                     "studies": 1 if cell.track == "self_tuning" else options.studies,
                     "sampler": "untuned" if cell.track == "self_tuning" else options.sampler,
+                    "asha": options.asha,
                     "steps_to_target": score,
                 }
             )

@@ -224,3 +224,25 @@ def test_bad_tuning_input_exits_2_naming_the_flag_and_writes_nothing(
     assert ":p@" not in err, "a password is never printed"
     assert not results.exists()
     assert not (tmp_path / "tuned").exists()
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_asha_stops_trials_that_a_rerun_does_not_take_for_pending(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    suite = _suite(tmp_path, "asha", steps=200, self_tuning=False)
+    results = tmp_path / "results"
+    argv = ["tune", str(suite), "--studies", "1", "--trials", "6", "--asha", "--results", str(results)]
+    assert main(argv) == 0
+    assert "ASHA early stopping on" in capsys.readouterr().err, "ASHA is logged"
+    (trials,) = _studies(results / "asha-tune" / "optuna.journal").values()
+    stopped = [t for t in trials if t.user_attrs["status"] == "stopped"]
+    assert stopped, "ASHA stopped some trials"
+    assert {t.state for t in stopped} == {TrialState.PRUNED}
+    tuned = yaml.safe_load((tmp_path / "tuned" / "asha" / "sgd.yaml").read_text())
+    assert tuned["tasks"]["digits_mlp"]["provenance"]["asha"] is True
+
+    assert main(argv) == 0
+    assert "6 trials, 0 trial(s) to run" in capsys.readouterr().err, "stopped trials are not pending"
+    (again,) = _studies(results / "asha-tune" / "optuna.journal").values()
+    assert len(again) == len(trials) == 6
