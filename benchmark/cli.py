@@ -240,8 +240,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
             raise SpecError(None, "--rules", "registered rules", str(exc)) from None
     from benchmark.execute import studies
     from benchmark.execute.tune import (
-        TUNE_SUFFIX,
         TuneOptions,
+        default_storage,
         tune_plan,
         tuning_bases,
         write_scores,
@@ -258,7 +258,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     _print_skips([*(d for d in plan.dropped if not args.rules or d.rule in args.rules), *chosen.skipped])
     if not chosen.bases and not chosen.self_tuning:
         raise SpecError(args.suite, "rules", "at least one rule with a search space to tune", "none")
-    storage = args.storage or studies.default_storage(args.results, suite.name + TUNE_SUFFIX)
+    storage = args.storage or default_storage(args.results, suite.name)
     studies.open_storage(storage)  # an unreachable database is bad input, before anything runs
     options = TuneOptions(args.studies, args.trials, args.sampler, storage, args.asha)
     resources, _ = _connect(args)

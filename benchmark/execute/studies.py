@@ -12,7 +12,6 @@ marked failed and interrupted, and their parameters are asked again. See ``docs/
 from __future__ import annotations
 
 import math
-import re
 import statistics
 import warnings
 from collections.abc import Sequence
@@ -54,18 +53,6 @@ HPARAMS = "hparams"
 """User attribute: the searched hyperparameters the run took. They are the trial's point, except in
 slot 0, whose run takes the rule's true defaults while Optuna records the nearest point of the search
 space (a log-scale range cannot hold a default weight decay of 0)."""
-
-_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
-"""A URI's scheme; ``s3://b/x`` may arrive as the ``Path`` ``s3:/b/x``, so one slash is enough."""
-
-
-def default_storage(results: str | Path, suite: str) -> str:
-    """The journal file of ``suite``'s studies: under the results folder, or, when the results are a
-    URI (an object store, which cannot hold an appending journal), in ``.synapsebench/`` here."""
-    if _URI.match(str(results)):
-        return str(Path(".synapsebench") / f"{suite}.journal")
-    return str(Path(results) / suite / "optuna.journal")
-
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # one INFO line per study and trial drowns the progress
 

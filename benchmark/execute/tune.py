@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,6 +58,19 @@ SELF_TUNING_BUDGET = 1.5
 
 BUDGET_CURVE = (1, 3)
 """Trial counts at which a cell's score is also reported, besides all K: 1 is the rule's defaults."""
+
+
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
+"""A URI's scheme; ``s3://b/x`` may arrive as the ``Path`` ``s3:/b/x``, so one slash is enough."""
+
+
+def default_storage(results: str | Path, suite: str) -> str:
+    """The journal file of ``suite``'s studies: ``<results>/<suite>-tune/optuna.journal``, or, when the
+    results are a URI (an object store, which cannot hold an appending journal),
+    ``.synapsebench/<suite>.journal`` here."""
+    if _URI.match(str(results)):
+        return str(Path(".synapsebench") / f"{suite}.journal")
+    return str(Path(results) / f"{suite}{TUNE_SUFFIX}" / "optuna.journal")
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,7 +332,7 @@ def tune_plan(
 ) -> list[TunedCell]:
     """Run every (task, rule) cell's studies in one Ray Tune fit, then score them; Ray must be connected.
 
-    ``options.storage`` must be set (see :func:`benchmark.execute.studies.default_storage`).
+    ``options.storage`` must be set (see :func:`default_storage`).
     """
     stream = stream or sys.stderr
     results = Path(results).resolve()
