@@ -104,9 +104,12 @@ def make_sampler(kind: str, study_index: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=study_index, constant_liar=True)
 
 
-def study_name(suite: str, task: str, rule: str, sampler: str, index: int) -> str:
-    """Deterministic, so a rerun finds its studies: ``smoke/digits_mlp[bias=False]/sgd/qmc/0``."""
-    return f"{suite}/{task}/{rule}/{sampler}/{index}"
+def study_name(suite: str, task: str, rule: str, sampler: str, setup: str, index: int) -> str:
+    """Deterministic, so a rerun finds its studies: ``smoke/digits_mlp[bias=False]/sgd/qmc/1f2e3d4c/0``.
+
+    ``setup`` is a hash of what the trials share besides their point (budget, fixed hyperparameters,
+    searched keys, protocol), so a changed suite starts new studies rather than mixing budgets."""
+    return f"{suite}/{task}/{rule}/{sampler}/{setup}/{index}"
 
 
 class CellStudy:

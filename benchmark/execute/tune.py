@@ -46,7 +46,7 @@ from benchmark.execute.grid import (
 )
 from benchmark.plan import DroppedCell, Plan
 from benchmark.rules import RULES
-from benchmark.spec import RunSpec, display_name
+from benchmark.spec import RunSpec, content_hash, display_name
 from benchmark.tasks import TASKS
 from benchmark.tasks.base import Target
 from benchmark.tracking import Tracker
@@ -177,7 +177,9 @@ def open_cell(
     direction: Literal["maximize", "minimize"] = "maximize" if task.selected_by.mode == "max" else "minimize"
     sampler = "untuned" if self_tuning else options.sampler
     task_full = display_name(base.task, base.task_options)  # every option: the name must not depend on others
-    names = [studies.study_name(base.suite, task_full, base.rule, sampler, s) for s in range(count)]
+    shared = {**base.identity(), "hparams": {k: v for k, v in base.hparams.items() if k not in keys}}
+    setup = content_hash({**shared, "searched": keys})[:8]
+    names = [studies.study_name(base.suite, task_full, base.rule, sampler, setup, s) for s in range(count)]
     opened = [
         studies.CellStudy(
             storage,
