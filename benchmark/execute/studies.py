@@ -11,6 +11,8 @@ marked failed and interrupted, and their parameters are asked again. See ``docs/
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import statistics
 import warnings
@@ -22,7 +24,7 @@ from typing import Any, Literal
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from benchmark.errors import SpecError
@@ -66,7 +68,9 @@ def open_storage(where: str) -> BaseStorage:
     if "://" not in where:
         path = Path(where)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        lock = JournalFileSymlinkLock(str(path))
+        _drop_torn_tail(path, lock)
+        return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
     import sqlalchemy.engine
     import sqlalchemy.exc
 
@@ -79,6 +83,21 @@ def open_storage(where: str) -> BaseStorage:
         reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         expected = f"a reachable Optuna storage; {reason}"
         raise SpecError(None, "--storage", expected, where_shown(where)) from None
+
+
+def _drop_torn_tail(path: Path, lock: JournalFileSymlinkLock) -> None:
+    """Cut a last line that a kill left without its newline: the operation never finished, and the
+    next append would glue onto it and make the journal unreadable (Optuna reads whole lines only)."""
+    if not path.is_file():
+        return
+    lock.acquire()
+    try:
+        with open(path, "rb+") as fh:
+            data = fh.read()
+            if data and not data.endswith(b"\n"):
+                fh.truncate(data.rfind(b"\n") + 1)
+    finally:
+        lock.release()
 
 
 def where_shown(where: str) -> str:
@@ -149,8 +168,27 @@ class CellStudy:
             if SLOT in trial.user_attrs:
                 self.study.enqueue_trial(trial.params, user_attrs={SLOT: trial.user_attrs[SLOT]})
 
+    def _align_qmc(self) -> None:
+        """Point Optuna's QMC counter at this slot before a fresh ask.
+
+        QMCSampler numbers its points with a counter kept in the study, bumped when a trial draws its
+        point, before its parameters and slot are stored; an ask that a kill cuts short there leaves
+        the counter ahead of the slots. Setting it to ``slot - 1`` (its key is
+        ``QMCSampler._find_sample_id``'s, optuna pinned in the lock) makes a trial's point a function of
+        its slot, as in an unbroken run, where slot 0 (the defaults, enqueued) draws no point."""
+        sampler = self.study.sampler
+        if not isinstance(sampler, optuna.samplers.QMCSampler) or not self.space:
+            return
+        if self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return  # the next ask pops a queued trial, whose point is fixed
+        space = {name: str(dist) for name, dist in sorted(self.space.items())}
+        qmc_vars = {"qmc_type": "halton", "search_space": space, "scramble": True, "seed": sampler._seed}
+        key = "qmc:" + hashlib.sha256(json.dumps(qmc_vars).encode()).hexdigest()
+        self.study._storage.set_study_system_attr(self.study._study_id, key, self._next_slot - 2)
+
     def ask(self) -> tuple[Trial, dict[str, Any]]:
         """The next trial, and the hyperparameters its run takes: the defaults in slot 0, else its point."""
+        self._align_qmc()
         trial = self.study.ask(fixed_distributions=self.space)
         if SLOT not in trial.user_attrs:
             trial.set_user_attr(SLOT, self._next_slot)
