@@ -76,10 +76,23 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(command=cmd_run)
 
     tune = sub.add_parser(
-        "tune", help="tune each rule of a suite with Optuna, an equal trial budget per rule"
+        "tune",
+        help="tune each rule of a suite with Optuna (AlgoPerf's external tuning: S studies of K trials)",
     )
     tune.add_argument("suite", type=Path, help="suite file (YAML)")
-    tune.add_argument("--trials", type=int, default=20, help="trials per rule and task (default: 20)")
+    tune.add_argument("--trials", type=int, default=5, help="trials per study, K (default: 5)")
+    tune.add_argument(
+        "--studies", type=int, default=3, help="independent studies per rule and task, S (default: 3)"
+    )
+    tune.add_argument("--sampler", default="qmc", help="qmc (scrambled Halton, the default) or tpe")
+    tune.add_argument(
+        "--storage",
+        help="where the studies live: a journal file, or a database URL such as postgresql://… on a "
+        "cluster (default: <results>/<suite>-tune/optuna.journal); a rerun continues its studies",
+    )
+    tune.add_argument(
+        "--asha", action="store_true", help="stop unpromising trials early with ASHA (default: off)"
+    )
     tune.add_argument("--rules", nargs="+", help="only these rules (default: every tunable rule)")
     tune.add_argument(
         "--out", type=Path, help="folder of the tuned-config files (default: tuned/<suite> beside the suite)"
@@ -146,8 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
     plan = expand(suite, args.suite, code_version())
     _check_results(args.results)
-    for cell in dict.fromkeys(plan.dropped):  # one line per reason, however many variants share it
-        print(f"skipping {cell.rule} on {cell.task}: {cell.reason}", file=sys.stderr)
+    _print_skips(plan.dropped)
     _warn_stale(args.results, suite.name)
     if args.dry_run:
         return _print_plan(plan, args.results)
@@ -181,6 +193,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         return ExitCode.RUNS_FAILED
     return ExitCode.OK
+
+
+def _print_skips(cells: Sequence[Any]) -> None:
+    """One line per dropped (task, rule) cell and reason, however many variants share it."""
+    for cell in dict.fromkeys(cells):
+        print(f"skipping {cell.rule} on {cell.task}: {cell.reason}", file=sys.stderr)
 
 
 def _connect(
@@ -227,27 +245,51 @@ def cmd_tune(args: argparse.Namespace) -> int:
     plan = expand(suite, args.suite, code_version())
     _check_results(args.results)
     if args.trials < 1:
-        raise SpecError(None, "--trials", "a positive number of trials", args.trials)
+        raise SpecError(None, "--trials", "a positive number of trials per study", args.trials)
+    if args.studies < 1:
+        raise SpecError(None, "--studies", "a positive number of studies", args.studies)
     for name in args.rules or []:
         try:
             RULES.get(name)
         except UnknownNameError as exc:
             raise SpecError(None, "--rules", "registered rules", str(exc)) from None
-    from benchmark.execute.tune import tune_plan, tuning_bases, write_tuned
+    from benchmark.execute import studies
+    from benchmark.execute.tune import (
+        TuneOptions,
+        default_storage,
+        tune_plan,
+        tuning_bases,
+        write_scores,
+        write_tuned,
+    )
+
+    if args.sampler not in studies.SAMPLERS:
+        raise SpecError(None, "--sampler", " or ".join(studies.SAMPLERS), args.sampler)
 
     workers = sorted({s.budget.workers for s in plan.specs if s.budget.workers})
     if workers:
         raise SpecError(args.suite, "budget.workers", "none when tuning (each trial is one process)", workers)
-    if not tuning_bases(plan, args.rules):
+    chosen = tuning_bases(plan, args.rules)
+    _print_skips([*(d for d in plan.dropped if not args.rules or d.rule in args.rules), *chosen.skipped])
+    if not chosen.bases and not chosen.self_tuning:
         raise SpecError(args.suite, "rules", "at least one rule with a search space to tune", "none")
+    storage = args.storage or default_storage(args.results, suite.name)
+    studies.open_storage(storage)  # an unreachable database is bad input, before anything runs
+    options = TuneOptions(args.studies, args.trials, args.sampler, storage, args.asha)
     resources, _ = _connect(args, plan.specs[0].plugins)
-    cells = tune_plan(
-        plan, args.trials, args.results, lambda name: _tracker(args, name), resources, args.rules
-    )
+    cells = tune_plan(plan, options, args.results, lambda name: _tracker(args, name), resources, args.rules)
     out = args.out or Path(args.suite).parent / "tuned" / suite.name
     for cell in cells:
-        print(f"{cell.task} {cell.rule}: best {cell.metric} = {cell.value:.4g} with {cell.hparams}")
-    for path in write_tuned(out, suite.name, suite.seeds[0], cells):
+        scores = ", ".join(f"k={k}: {v:g}" for k, v in cell.scores.items())
+        print(
+            f"{cell.task} {cell.rule}: steps to target {scores or 'none'}; "
+            f"tuned {cell.metric} = {cell.value:.4g} with {cell.hparams}"
+        )
+    for path in write_tuned(out, suite.name, suite.seeds[0], cells, options):
+        print(f"wrote {path}")
+    from benchmark import store
+
+    for path in write_scores(store.suite_dir(args.results, suite.name), cells, options):
         print(f"wrote {path}")
     failed = sum(c.failed for c in cells)
     return ExitCode.RUNS_FAILED if failed else ExitCode.OK

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from benchmark.errors import SpecError, SpecErrors
 from benchmark.registry import UnknownNameError
@@ -53,6 +53,8 @@ class TunedTask(BaseModel):
     metric: str = ""
     value: float | None = None
     trials: int = 0
+    provenance: dict[str, JsonValue] = Field(default_factory=dict)
+    """How the values were found: sampler, studies, trials per study, storage, ASHA (``tune`` writes it)."""
 
 
 class TunedConfig(BaseModel):

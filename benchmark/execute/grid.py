@@ -215,7 +215,8 @@ class _GridCallback(tune.Callback):
             self.tracker.log_metrics(self._spec(trial).run_id, int(result.get(STEP_KEY, 0)), metrics)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self.ledger.completed(self._spec(trial), str((trial.last_result or {}).get(STATUS_KEY, "ok")))
+        # Without its final report (which carries the status), a trial was stopped by a scheduler (ASHA).
+        self.ledger.completed(self._spec(trial), str((trial.last_result or {}).get(STATUS_KEY, "stopped")))
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.ledger.failed(self._spec(trial), _trial_error(trial))
@@ -312,6 +313,7 @@ def run_trials(
     stream: TextIO,
     *,
     search_alg: Any = None,
+    scheduler: Any = None,
     max_failures: int = 1,
 ) -> Any:
     """One Ray Tune fit over RunSpec trials: tracked, stored by the workers, progress on ``stream``.
@@ -327,6 +329,7 @@ def run_trials(
             resources,
             ledger,
             search_alg=search_alg,
+            scheduler=scheduler,
             num_samples=total,
             max_failures=max_failures,
         )
@@ -339,6 +342,7 @@ def _fit(
     ledger: _Ledger,
     *,
     search_alg: Any = None,
+    scheduler: Any = None,
     num_samples: int = 1,
     max_failures: int = 1,
 ) -> Any:
@@ -352,7 +356,9 @@ def _fit(
         tune_config = (
             tune.TuneConfig(reuse_actors=True)
             if search_alg is None
-            else tune.TuneConfig(reuse_actors=True, search_alg=search_alg, num_samples=num_samples)
+            else tune.TuneConfig(
+                reuse_actors=True, search_alg=search_alg, scheduler=scheduler, num_samples=num_samples
+            )
         )
         tuner = tune.Tuner(
             trainable,

@@ -274,10 +274,18 @@ def write_leaderboard(
         for name, table in tables.items():
             _write_parquet(table, folder / name)
         plot_performance_profiles(scores.profile, folder / "plots" / PROFILE_PLOT)
+    text = render_markdown(suite, board, n_runs, provenance, view, scores).rstrip("\n") + "\n"
+    tuning = folder / TUNING_MARKDOWN
+    if tuning.is_file():  # `synapsebench tune`'s budget curve for this suite's rules, shown on its board
+        text += "\n" + tuning.read_text()
     with temporary_beside(markdown) as tmp:
-        tmp.write_text(render_markdown(suite, board, n_runs, provenance, view, scores).rstrip("\n") + "\n")
+        tmp.write_text(text)
         os.replace(tmp, markdown)
     return parquet, markdown
+
+
+TUNING_MARKDOWN = "tuning.md"
+"""Written beside the board by ``synapsebench tune`` (``benchmark.execute.tune.write_scores``)."""
 
 
 def _write_parquet(table: pd.DataFrame, path: Path) -> None:
