@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmark import store, train
+from benchmark.execute.grid import node_id
 from benchmark.hooks import artifact_hooks
+from benchmark.results_location import Location, as_text, local_folder, parse
 from benchmark.spec import RunSpec
 
 
@@ -25,15 +27,16 @@ def _worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     spec = RunSpec.model_validate(config["spec"])
-    results = Path(config["results"])
+    results = parse(config["results"])
     lead = ray.train.get_context().get_world_rank() == 0
-    hooks = artifact_hooks(spec, store.artifacts_dir(results, spec) if lead else None)
-    result = train.run(spec, device=ray.train.torch.get_device(), hooks=hooks)
+    with local_folder(store.artifacts_dir(results, spec)) as artifacts:
+        hooks = artifact_hooks(spec, artifacts if lead else None)
+        result = train.run(spec, device=ray.train.torch.get_device(), hooks=hooks)
     if lead:
-        store.write_run(results, spec, result)
+        store.write_run(results, spec, result, node_id())
 
 
-def run_ddp(spec: RunSpec, results: Path, resources: dict[str, float]) -> None:
+def run_ddp(spec: RunSpec, results: Location, resources: dict[str, float]) -> None:
     """Train ``spec`` on ``spec.budget.workers`` Ray Train workers; rank 0 stores the result.
 
     ``resources`` are one worker's (``cpu``, ``gpu``), as the grid gives a one-process run. Raises
@@ -48,7 +51,7 @@ def run_ddp(spec: RunSpec, results: Path, resources: dict[str, float]) -> None:
     try:
         trainer = TorchTrainer(
             _worker,
-            train_loop_config={"spec": spec.model_dump(mode="json"), "results": str(results)},
+            train_loop_config={"spec": spec.model_dump(mode="json"), "results": as_text(results)},
             scaling_config=ScalingConfig(
                 num_workers=spec.budget.workers or 1, use_gpu=bool(gpus), resources_per_worker=per_worker
             ),
