@@ -171,3 +171,93 @@ def mlflow_server(backend: str, artifacts: Path) -> Iterator[MlflowServer]:
         yield server
     finally:
         server.stop()
+
+
+def _session_of(pid: int) -> int:
+    # /proc/<pid>/stat: "pid (comm) state ppid pgrp session ..."; comm may hold spaces.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[3])
+
+
+def kill_session(leader: int) -> int:
+    """SIGKILL every process in the session ``leader`` started (with ``start_new_session``); returns
+    how many. Ray's workers put themselves in process groups of their own, but not in new sessions."""
+    killed = 0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if _session_of(int(entry.name)) == leader:
+                    os.kill(int(entry.name), signal.SIGKILL)
+                    killed += 1
+            except (OSError, IndexError, ValueError):  # gone meanwhile
+                continue
+    return killed
+
+
+def session_commands(leader: int) -> list[str]:
+    """The command lines (process titles, for Ray's workers) of the processes in a session."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if _session_of(int(entry.name)) == leader:
+                    found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
+
+
+HEALTH_CHECK = {
+    # A dead node is declared dead after about 3 s rather than Ray's default 30 s or so.
+    "RAY_health_check_initial_delay_ms": "1000",
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_timeout_ms": "1000",
+    "RAY_health_check_failure_threshold": "3",
+}
+
+
+@dataclass
+class RayNode:
+    """One ``ray start --block`` node: the start command leads a session of its own, so killing the
+    session kills exactly this node's processes (``ray stop`` would stop every node on the machine)."""
+
+    process: subprocess.Popen[bytes]
+    temp_dir: Path
+
+    def commands(self) -> list[str]:
+        return session_commands(self.process.pid)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            kill_session(self.process.pid)
+        self.process.wait()
+        kill_session(self.process.pid)  # what outlived the leader
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def start_ray_node(*args: str, env: dict[str, str] | None = None) -> RayNode:
+    """``ray start --block`` with one CPU, a small object store and no dashboard, in a short temp dir
+    of its own (AF_UNIX socket paths cap at 107 bytes)."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="rsb", dir="/tmp"))
+    cmd = [
+        str(Path(sys.executable).with_name("ray")), "start", *args, "--node-ip-address=127.0.0.1",
+        "--num-cpus=1", f"--temp-dir={temp_dir}", f"--object-store-memory={96 * 1024**2}",
+        "--disable-usage-stats", "--block",
+    ]  # fmt: skip
+    log = temp_dir / "start.log"
+    process = subprocess.Popen(
+        cmd,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": this_checkout(), **(env or {})},
+    )
+    node = RayNode(process, temp_dir)
+    try:
+        wait_for(lambda: b"Ray runtime started" in log.read_bytes() or process.poll() is not None, 120, "Ray")
+        if process.poll() is not None:
+            raise RuntimeError(f"ray start failed: {log.read_text()[-2000:]}")
+    except BaseException:
+        node.kill()
+        raise
+    return node
