@@ -151,9 +151,9 @@ def start_mlflow(backend: str, artifacts: Path, port: int | None = None) -> Mlfl
         sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
         "--backend-store-uri", backend, "--artifacts-destination", str(artifacts), "--workers", "1",
     ]  # fmt: skip
-    process = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
+    artifacts.mkdir(parents=True, exist_ok=True)
+    with (artifacts.parent / f"mlflow-{port}.log").open("wb") as log:
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server = MlflowServer(f"http://127.0.0.1:{port}", process)
     try:
         health = f"{server.uri}/health"
