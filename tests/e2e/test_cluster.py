@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -21,6 +22,9 @@ from tests.servers import HEALTH_CHECK, RayNode, free_port, start_ray_node, this
 PROBE = "probe_node"
 """A custom resource only the worker node has: it pins the readiness probe there; cells never ask for it."""
 
+TOKEN = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+"""Ray's token authentication, as on a real cluster: every node and every driver holds the token."""
+
 _PROBE_SCRIPT = """
 import json, sys, ray
 ray.init(address=sys.argv[1], log_to_driver=False)
@@ -35,7 +39,10 @@ print(json.dumps({"head": head[0], "worker": worker}))
 def head() -> Iterator[tuple[RayNode, str]]:
     address = f"127.0.0.1:{free_port()}"
     node = start_ray_node(
-        "--head", f"--port={address.split(':')[1]}", "--include-dashboard=false", env=HEALTH_CHECK
+        "--head",
+        f"--port={address.split(':')[1]}",
+        "--include-dashboard=false",
+        env={**HEALTH_CHECK, **TOKEN},
     )
     try:
         yield node, address
@@ -47,14 +54,14 @@ def head() -> Iterator[tuple[RayNode, str]]:
 def cluster(head: tuple[RayNode, str]) -> Iterator[tuple[str, dict[str, str], RayNode]]:
     """The head plus a fresh worker node; yields the address, the node ids and the worker node."""
     _, address = head
-    worker = start_ray_node(f"--address={address}", f"--resources={json.dumps({PROBE: 1})}")
+    worker = start_ray_node(f"--address={address}", f"--resources={json.dumps({PROBE: 1})}", env=TOKEN)
     try:
         probe = subprocess.run(
             [sys.executable, "-c", _PROBE_SCRIPT, address, PROBE],
             capture_output=True,
             text=True,
             timeout=180,
-            env={**os.environ, "PYTHONPATH": this_checkout()},
+            env={**os.environ, "PYTHONPATH": this_checkout(), **TOKEN},
         )
         assert probe.returncode == 0, probe.stderr[-2000:]
         nodes = json.loads(probe.stdout.strip().splitlines()[-1])
@@ -82,7 +89,7 @@ def _cli(name: str, steps: int, address: str, tmp_path: Path) -> subprocess.Pope
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
-        env={**os.environ, "PYTHONPATH": this_checkout()},
+        env={**os.environ, "PYTHONPATH": this_checkout(), **TOKEN},
     )
 
 
@@ -126,3 +133,18 @@ def test_killed_worker_node_its_cells_rerun_on_the_head_every_cell_once(
     after = [r for r in rows if r["started_at"] > killed_at]
     assert after, "the cells still to do ran after the kill"
     assert {r["node_id"] for r in after} == {nodes["head"]}, "on the surviving node"
+
+
+def test_a_driver_without_the_clusters_token_is_refused(head: tuple[RayNode, str]) -> None:
+    _, address = head
+    join = f"import ray; ray.init(address={address!r}); print(ray.cluster_resources())"
+    for env in ({"RAY_AUTH_MODE": "disabled"}, {**TOKEN, "RAY_AUTH_TOKEN": "0" * 64}):
+        refused = subprocess.run(
+            [sys.executable, "-c", join],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, **env},
+        )
+        assert refused.returncode != 0, refused.stdout
+        assert "Failed to connect" in refused.stderr
