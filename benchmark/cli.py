@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from benchmark.errors import ExitCode, SpecError
 
 if TYPE_CHECKING:
+    from benchmark.results_location import Location
     from benchmark.spec import PluginRef, RunSpec
     from benchmark.tracking import Tracker
 
 DEFAULT_RESULTS = Path("leaderboards")
+RESULTS_HELP = "results folder, or a URI such as s3://bucket/prefix (default: leaderboards)"
 SITE_FOLDER = "site"
 """Where ``run`` publishes the results folder's site, beside the suites' folders."""
 
@@ -43,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
+        if hasattr(args, "results"):
+            args.results = _results_location(args)
         code: int = args.command(args)
         return code
     except SpecError as exc:
@@ -109,22 +113,18 @@ def _parser() -> argparse.ArgumentParser:
 
     board = sub.add_parser("leaderboard", help="build a suite's leaderboard from its stored runs")
     board.add_argument("suite", help="suite name or suite file")
-    board.add_argument(
-        "--results", type=Path, default=DEFAULT_RESULTS, help="results folder (default: leaderboards)"
-    )
+    board.add_argument("--results", default=DEFAULT_RESULTS, help=RESULTS_HELP)
     board.set_defaults(command=cmd_leaderboard)
 
     publish = sub.add_parser("publish", help="write a static leaderboard site (opens from file://, offline)")
     publish.add_argument("suites", nargs="+", metavar="SUITE", help="suite names with stored runs")
-    publish.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="results folder")
+    publish.add_argument("--results", default=DEFAULT_RESULTS, help=RESULTS_HELP)
     publish.add_argument("--out", type=Path, required=True, help="folder to write the site into")
     publish.set_defaults(command=cmd_publish)
 
     show = sub.add_parser("show", help="show one stored run: its spec, status, final metrics, provenance")
     show.add_argument("run_id", help="a run id, or enough of its start to be unique")
-    show.add_argument(
-        "--results", type=Path, default=DEFAULT_RESULTS, help="results folder (default: leaderboards)"
-    )
+    show.add_argument("--results", default=DEFAULT_RESULTS, help=RESULTS_HELP)
     show.set_defaults(command=cmd_show)
     return parser
 
@@ -135,9 +135,7 @@ def _add_cluster_args(parser: argparse.ArgumentParser) -> None:
         "--tracking-uri",
         help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite under --results)",
     )
-    parser.add_argument(
-        "--results", type=Path, default=DEFAULT_RESULTS, help="results folder (default: leaderboards)"
-    )
+    parser.add_argument("--results", default=DEFAULT_RESULTS, help=RESULTS_HELP)
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
     parser.add_argument(
         "--data-dir",
@@ -146,9 +144,26 @@ def _add_cluster_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _check_results(results: Path) -> None:
+def _results_location(args: argparse.Namespace) -> Location:
+    """``--results`` as a folder or a URI; a URI needs a tracking store of its own (exit 2 otherwise)."""
+    from benchmark.results_location import RemoteFolder, check_reachable, parse
+
+    results = parse(args.results)
+    tracking = getattr(args, "tracking_uri", "") or os.environ.get("MLFLOW_TRACKING_URI")
+    if isinstance(results, RemoteFolder) and hasattr(args, "tracking_uri") and not tracking:
+        raise SpecError(
+            None,
+            "--tracking-uri",
+            f"a tracking server when --results is a URI (the SQLite default cannot live at {results})",
+            "none",
+        )
+    check_reachable(results)
+    return results
+
+
+def _check_results(results: Location) -> None:
     if results.exists() and not results.is_dir():
-        raise SpecError(results, "--results", "a folder for results", "an existing file")
+        raise SpecError(str(results), "--results", "a folder for results", "an existing file")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -244,6 +259,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
     plan = expand(suite, args.suite, code_version())
     _check_results(args.results)
+    if not isinstance(args.results, Path):  # the budget curve and tuned files are written locally
+        raise SpecError(None, "--results", "a local folder for tune (a URI works for run)", str(args.results))
     if args.trials < 1:
         raise SpecError(None, "--trials", "a positive number of trials per study", args.trials)
     if args.studies < 1:
@@ -295,7 +312,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return ExitCode.RUNS_FAILED if failed else ExitCode.OK
 
 
-def _print_plan(plan: object, results: Path) -> int:
+def _print_plan(plan: object, results: Location) -> int:
     from benchmark import store
 
     specs = plan.specs  # type: ignore[attr-defined]
@@ -353,7 +370,7 @@ def _listed_defaults(rule: Any) -> dict[str, str]:
     return {k: repr(v) for k, v in rule.defaults().items()}
 
 
-def _warn_stale(results: Path, suite: str) -> None:
+def _warn_stale(results: Location, suite: str) -> None:
     """Say so when ``results`` holds rows of an older protocol: they are neither skipped nor scored."""
     from benchmark import store
 
@@ -378,11 +395,11 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         _load_recorded_plugins(args.results, name)
     parquet, markdown = _write_board(name, args.results, required=True, only=planned)
     print(f"wrote {markdown} and {parquet}")
-    print(markdown.read_text())
+    print(markdown.read_bytes().decode())
     return ExitCode.OK
 
 
-def _load_recorded_plugins(results: Path, suite: str) -> None:
+def _load_recorded_plugins(results: Location, suite: str) -> None:
     """Import the plugins the suite's stored runs record, so their tasks' theory plots are drawn."""
     from benchmark import store
 
@@ -398,13 +415,15 @@ def _load_recorded_plugins(results: Path, suite: str) -> None:
         )
 
 
-def _write_site(results: Path) -> None:
+def _write_site(results: Location) -> None:
     """After a run, the results folder's site (``<results>/site/``) shows every suite stored there."""
     from benchmark.leaderboard.site import current_suites, publish
+    from benchmark.results_location import local_folder
 
     suites = current_suites(results)
     if suites:
-        publish(suites, results, results / SITE_FOLDER)
+        with local_folder(results / SITE_FOLDER) as out:
+            publish(suites, results, out)
         print(f"site: {results / SITE_FOLDER / 'index.html'}", file=sys.stderr)
 
 
@@ -430,7 +449,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def render_run(row: dict[str, Any], path: Path) -> str:
+def render_run(row: dict[str, Any], path: Location) -> str:
     """A stored run as text: identity, outcome, final metrics, provenance and where its files are."""
     final = row["final"] or []
     pairs = final.items() if isinstance(final, dict) else final
@@ -467,7 +486,7 @@ def _import_leaderboard() -> None:
     import benchmark.leaderboard.theory_plots  # noqa: F401
 
 
-def _record_dropped(results: Path, suite: str, dropped: Sequence[Any]) -> None:
+def _record_dropped(results: Location, suite: str, dropped: Sequence[Any]) -> None:
     """Keep the planner's dropped cells beside the runs: the cross-task scores count them as misses."""
     from benchmark import store
     from benchmark.rules import RULES
@@ -478,19 +497,17 @@ def _record_dropped(results: Path, suite: str, dropped: Sequence[Any]) -> None:
 
 
 def _write_board(
-    suite: str, results: Path, required: bool = False, only: set[str] | None = None
-) -> tuple[Path, Path]:
+    suite: str, results: Location, required: bool = False, only: set[str] | None = None
+) -> tuple[Location, Location]:
     """Score and render the stored runs of ``suite`` (those in ``only``, when given)."""
     from benchmark import store
-    from benchmark.leaderboard import Dropped, provenance_summary, score_runs, score_suite, write_leaderboard
-    from benchmark.leaderboard.score import runs_frame
-    from benchmark.leaderboard.theory import TheoryView, implied_metric_table, theory_table
+    from benchmark.results_location import local_folder
 
     runs = store.read_runs(results, suite)
     stale = store.stale_runs(results, suite)
     if runs.num_rows == 0 and stale and required:
         raise SpecError(
-            store.runs_dir(results, suite),
+            str(store.runs_dir(results, suite)),
             "protocol",
             "runs of the current protocol",
             store.stale_message(results, suite, stale),
@@ -501,10 +518,22 @@ def _write_board(
 
         runs = runs.filter(pc.is_in(runs.column("run_id"), value_set=pa.array(sorted(only), pa.string())))
     if runs.num_rows == 0 and required:
-        raise SpecError(store.runs_dir(results, suite), "suite", f"stored runs of suite {suite!r}", "no runs")
+        where = str(store.runs_dir(results, suite))
+        raise SpecError(where, "suite", f"stored runs of suite {suite!r}", "no runs")
+    with local_folder(store.suite_dir(results, suite)) as folder:
+        parquet, markdown = _render_board(suite, results, runs, folder)
+    return store.suite_dir(results, suite) / parquet.name, store.suite_dir(results, suite) / markdown.name
+
+
+def _render_board(suite: str, results: Location, runs: Any, folder: Path) -> tuple[Path, Path]:
+    """Score ``runs`` and write the board, its plots and its tables into ``folder``."""
+    from benchmark import store
+    from benchmark.leaderboard import Dropped, provenance_summary, score_runs, score_suite, write_leaderboard
+    from benchmark.leaderboard.score import runs_frame
+    from benchmark.leaderboard.theory import TheoryView, implied_metric_table, theory_table
+
     board = score_runs(runs)
     frame = runs_frame(runs)
-    folder = store.suite_dir(results, suite)
     figures: list[tuple[str, str]] = []
     if runs.num_rows:
         from benchmark.leaderboard.plots import curve_frame, plot_file, plot_task_curves

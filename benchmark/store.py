@@ -8,7 +8,9 @@ Layout under the results folder::
 
 Each file is written to a hidden temporary name in the same folder, flushed, then renamed over its
 final name, so a reader never sees half a file, a kill leaves only a hidden temporary (which readers
-skip), and concurrent writers of different runs cannot touch each other's files.
+skip), and concurrent writers of different runs cannot touch each other's files. The results folder
+may also be a URI (``s3://bucket/prefix``, see :mod:`benchmark.results_location`): there each file is
+one put, which an object store makes visible whole or not at all.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch
 from benchmark.atomic import temporary_beside
 from benchmark.provenance import git_commit, package_version
 from benchmark.result import RunResult
+from benchmark.results_location import Location, RemoteFolder
 from benchmark.spec import PROTOCOL, RunSpec
 
 COMPLETED = ("ok", "diverged")
@@ -77,6 +80,7 @@ RUN_SCHEMA = pa.schema(
         ("cuda_version", pa.string()),
         ("device_name", pa.string()),
         ("hostname", pa.string()),
+        ("node_id", pa.string()),  # the Ray node the run trained on ("" outside Ray)
         ("started_at", TIMESTAMP),
         ("finished_at", TIMESTAMP),
     ]
@@ -99,25 +103,29 @@ DROPPED_SCHEMA = pa.schema(
 """The cells the planner left out of a suite's grid, and why: they count as not reaching the target."""
 
 
-def suite_dir(results: Path, suite: str) -> Path:
-    return Path(results) / suite
+def _location(results: Location) -> Location:
+    return results if isinstance(results, RemoteFolder) else Path(results)
 
 
-def runs_dir(results: Path, suite: str) -> Path:
+def suite_dir(results: Location, suite: str) -> Location:
+    return _location(results) / suite
+
+
+def runs_dir(results: Location, suite: str) -> Location:
     return suite_dir(results, suite) / "runs"
 
 
-def curves_dir(results: Path, suite: str) -> Path:
+def curves_dir(results: Location, suite: str) -> Location:
     return suite_dir(results, suite) / "curves"
 
 
-def artifacts_dir(results: Path, spec: RunSpec) -> Path:
+def artifacts_dir(results: Location, spec: RunSpec) -> Location:
     """Where a run's end-of-run files go: ``<results>/<suite>/artifacts/<run_id>/``."""
     return suite_dir(results, spec.suite) / "artifacts" / spec.run_id
 
 
-def run_row(spec: RunSpec, result: RunResult) -> dict[str, Any]:
-    """The run's row in :data:`RUN_SCHEMA`."""
+def run_row(spec: RunSpec, result: RunResult, node_id: str = "") -> dict[str, Any]:
+    """The run's row in :data:`RUN_SCHEMA`, as written on the host (and Ray node) it ran on."""
     commit, dirty = git_commit()
     return {
         "run_id": spec.run_id,
@@ -161,6 +169,7 @@ def run_row(spec: RunSpec, result: RunResult) -> dict[str, Any]:
         "cuda_version": torch.version.cuda or "",
         "device_name": result.device,
         "hostname": socket.gethostname(),
+        "node_id": node_id,
         "started_at": result.started_at,
         "finished_at": result.finished_at,
     }
@@ -178,30 +187,35 @@ def curve_rows(run_id: str, result: RunResult) -> dict[str, list[Any]]:
     return columns
 
 
-def write_run(results: Path, spec: RunSpec, result: RunResult) -> Path:
+def write_run(results: Location, spec: RunSpec, result: RunResult, node_id: str = "") -> Location:
     """Write the run's curves, then its row, each atomically. Returns the row's path."""
     curves = pa.Table.from_pydict(curve_rows(spec.run_id, result), schema=CURVE_SCHEMA)
     _write_atomic(curves, curves_dir(results, spec.suite) / f"{spec.run_id}.parquet")
-    row = pa.Table.from_pylist([run_row(spec, result)], schema=RUN_SCHEMA)
+    row = pa.Table.from_pylist([run_row(spec, result, node_id)], schema=RUN_SCHEMA)
     return _write_atomic(row, runs_dir(results, spec.suite) / f"{spec.run_id}.parquet")
 
 
-def write_dropped(results: Path, suite: str, cells: Iterable[tuple[str, str, str, str]]) -> Path:
+def write_dropped(results: Location, suite: str, cells: Iterable[tuple[str, str, str, str]]) -> Location:
     """Record the suite's dropped (task, rule, reason, track) cells, replacing the previous record."""
     rows = [dict(zip(DROPPED_SCHEMA.names, cell, strict=True)) for cell in dict.fromkeys(cells)]
     table = pa.Table.from_pylist(rows, schema=DROPPED_SCHEMA)
     return _write_atomic(table, suite_dir(results, suite) / "dropped.parquet")
 
 
-def read_dropped(results: Path, suite: str) -> list[tuple[str, str, str, str]]:
+def read_dropped(results: Location, suite: str) -> list[tuple[str, str, str, str]]:
     """The dropped cells the last ``run`` of the suite recorded (none if it recorded none)."""
     path = suite_dir(results, suite) / "dropped.parquet"
     if not path.is_file():
         return []
-    return [tuple(row.values()) for row in pq.read_table(path, schema=DROPPED_SCHEMA).to_pylist()]
+    return [tuple(row.values()) for row in _read_table(path, DROPPED_SCHEMA).to_pylist()]
 
 
-def _write_atomic(table: pa.Table, path: Path) -> Path:
+def _write_atomic(table: pa.Table, path: Location) -> Location:
+    if isinstance(path, RemoteFolder):  # one put: an object store shows it whole or not at all
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="zstd")
+        path.write_bytes(sink.getvalue().to_pybytes())
+        return path
     with temporary_beside(path) as tmp:
         with open(tmp, "wb") as fh:
             pq.write_table(table, fh, compression="zstd")
@@ -211,13 +225,19 @@ def _write_atomic(table: pa.Table, path: Path) -> Path:
     return path
 
 
-def _data_files(folder: Path) -> list[Path]:
+def _data_files(folder: Location) -> list[Location]:
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith((".", "_")))
+    return sorted((p for p in folder.glob("*.parquet") if not p.name.startswith((".", "_"))), key=str)
 
 
-def read_runs(results: Path, suite: str, protocol: int | None = PROTOCOL) -> pa.Table:
+def _read_table(path: Location, schema: pa.Schema) -> pa.Table:
+    if isinstance(path, RemoteFolder):
+        return pq.read_table(path.path, filesystem=path.fs, schema=schema)
+    return pq.read_table(path, schema=schema)
+
+
+def read_runs(results: Location, suite: str, protocol: int | None = PROTOCOL) -> pa.Table:
     """The run rows of ``suite`` made under ``protocol`` (every row when None).
 
     An empty table with :data:`RUN_SCHEMA` when there is none. Rows written before the protocol
@@ -229,14 +249,14 @@ def read_runs(results: Path, suite: str, protocol: int | None = PROTOCOL) -> pa.
     return table.filter(pc.equal(pc.fill_null(table.column("protocol"), 1), protocol))
 
 
-def stale_runs(results: Path, suite: str) -> int:
+def stale_runs(results: Location, suite: str) -> int:
     """How many stored rows of ``suite`` were made under another protocol than :data:`PROTOCOL`."""
     every: int = read_runs(results, suite, protocol=None).num_rows
     current: int = read_runs(results, suite).num_rows
     return every - current
 
 
-def stale_message(results: Path, suite: str, count: int) -> str:
+def stale_message(results: Location, suite: str, count: int) -> str:
     """What to tell a user whose results folder holds rows of an older protocol."""
     return (
         f"{count} stored run(s) of suite {suite!r} under {results} were made under an older evaluation "
@@ -246,7 +266,7 @@ def stale_message(results: Path, suite: str, count: int) -> str:
     )
 
 
-def read_curves(results: Path, suite: str, run_ids: Iterable[str] | None = None) -> pa.Table:
+def read_curves(results: Location, suite: str, run_ids: Iterable[str] | None = None) -> pa.Table:
     folder = curves_dir(results, suite)
     files = (
         _data_files(folder)
@@ -256,26 +276,31 @@ def read_curves(results: Path, suite: str, run_ids: Iterable[str] | None = None)
     return _read(files, CURVE_SCHEMA)
 
 
-def _read(files: list[Path], schema: pa.Schema) -> pa.Table:
+def _read(files: list[Location], schema: pa.Schema) -> pa.Table:
     if not files:
         return schema.empty_table()
-    return pa.concat_tables(pq.read_table(f, schema=schema) for f in files)
+    return pa.concat_tables(_read_table(f, schema) for f in files)
 
 
-def done_ids(results: Path, suite: str) -> set[str]:
+def done_ids(results: Location, suite: str) -> set[str]:
     """Run ids of ``suite`` that already have a completed (ok or diverged) row."""
     table = read_runs(results, suite).select(["run_id", "status"]).to_pylist()
     return {row["run_id"] for row in table if row["status"] in COMPLETED}
 
 
-def find_runs(results: Path, prefix: str) -> list[Path]:
+def find_runs(results: Location, prefix: str) -> list[Location]:
     """The stored run files, across every suite under ``results``, whose run id starts with ``prefix``."""
     return sorted(
-        p for p in Path(results).glob(f"*/runs/{prefix}*.parquet") if not p.name.startswith((".", "_"))
+        (
+            p
+            for p in _location(results).glob(f"*/runs/{prefix}*.parquet")
+            if not p.name.startswith((".", "_"))
+        ),
+        key=str,
     )
 
 
-def read_run(path: Path) -> dict[str, Any]:
+def read_run(path: Location) -> dict[str, Any]:
     """One run's row, as a dict (final metrics and curve as plain Python values)."""
-    row: dict[str, Any] = pq.read_table(path, schema=RUN_SCHEMA).to_pylist()[0]
+    row: dict[str, Any] = _read_table(path, RUN_SCHEMA).to_pylist()[0]
     return row

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -124,6 +125,7 @@ class Tracker:
         self._experiment_id: str | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-tracking")
         self._bug: BaseException | None = None
+        self._worker_thread: threading.Thread | None = None
         # Importing MLflow and creating its tables takes seconds: they run on the worker, beside
         # Ray's start-up, and every later call queues behind them.
         self._submit(self._connect)
@@ -144,10 +146,17 @@ class Tracker:
         self._experiment_id = self._client.create_experiment(self.experiment, artifact_location=artifacts)
 
     def _submit(self, fn: Callable[[], None]) -> None:
-        if self.enabled:
-            self._worker.submit(self._guard, fn).add_done_callback(self._keep_bug)
+        if not self.enabled:
+            return
+        if threading.current_thread() is self._worker_thread:
+            # A queued call making another (a backfill starts, fills and ends a run): run it now,
+            # in order, or it would queue behind a flush that then returns before it ran.
+            fn()
+            return
+        self._worker.submit(self._guard, fn).add_done_callback(self._keep_bug)
 
     def _guard(self, fn: Callable[[], None]) -> None:
+        self._worker_thread = threading.current_thread()
         if not self.enabled:
             return
         try:

@@ -14,7 +14,6 @@ LOCAL_TEMP_DIR = "/tmp/ray_sb"  # AF_UNIX socket paths cap at 107 bytes: keep th
 
 
 def _quiet_defaults() -> None:
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Our trials use absolute paths; keep their working directory where it is.
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # verbose=0 then prints nothing
@@ -63,6 +62,9 @@ def connect(
                 runtime_env["py_modules"] = list(py_modules)
             ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
         else:
+            # This process's own Ray has no token to share; a cluster keeps its authentication
+            # (RAY_AUTH_MODE=token with RAY_AUTH_TOKEN on every node and driver: docker/compose.yaml).
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
             _no_idle_workers()
             started_here = True
             ray.init(

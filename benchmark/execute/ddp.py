@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmark import store, train
+from benchmark.execute.grid import node_id
 from benchmark.hooks import artifact_hooks
 from benchmark.plugins import load_for_run
+from benchmark.results_location import Location, as_text, local_folder, parse
 from benchmark.spec import RunSpec
 
 
@@ -27,15 +29,16 @@ def _worker(config: dict[str, Any]) -> None:
 
     spec = RunSpec.model_validate(config["spec"])
     load_for_run(spec)
-    results = Path(config["results"])
+    results = parse(config["results"])
     lead = ray.train.get_context().get_world_rank() == 0
-    hooks = artifact_hooks(spec, store.artifacts_dir(results, spec) if lead else None)
-    result = train.run(spec, device=ray.train.torch.get_device(), hooks=hooks)
+    with local_folder(store.artifacts_dir(results, spec)) as artifacts:
+        hooks = artifact_hooks(spec, artifacts if lead else None)
+        result = train.run(spec, device=ray.train.torch.get_device(), hooks=hooks)
     if lead:
-        store.write_run(results, spec, result)
+        store.write_run(results, spec, result, node_id())
 
 
-def run_ddp(spec: RunSpec, results: Path, resources: dict[str, float]) -> None:
+def run_ddp(spec: RunSpec, results: Location, resources: dict[str, float]) -> None:
     """Train ``spec`` on ``spec.budget.workers`` Ray Train workers; rank 0 stores the result.
 
     ``resources`` are one worker's (``cpu``, ``gpu``), as the grid gives a one-process run. Raises
@@ -50,7 +53,7 @@ def run_ddp(spec: RunSpec, results: Path, resources: dict[str, float]) -> None:
     try:
         trainer = TorchTrainer(
             _worker,
-            train_loop_config={"spec": spec.model_dump(mode="json"), "results": str(results)},
+            train_loop_config={"spec": spec.model_dump(mode="json"), "results": as_text(results)},
             scaling_config=ScalingConfig(
                 num_workers=spec.budget.workers or 1, use_gpu=bool(gpus), resources_per_worker=per_worker
             ),

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+import ray
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 
@@ -28,6 +29,7 @@ from benchmark import store, train
 from benchmark.hooks import artifact_hooks
 from benchmark.plugins import load_for_run
 from benchmark.result import RunResult
+from benchmark.results_location import Location, as_text, local_folder, parse, resolved
 from benchmark.spec import RunSpec
 from benchmark.tracking import Tracker
 
@@ -46,7 +48,7 @@ class GridOutcome:
     failed: list[tuple[RunSpec, str]] = field(default_factory=list)
 
 
-def pending_specs(specs: Sequence[RunSpec], results: Path, rerun: bool) -> list[RunSpec]:
+def pending_specs(specs: Sequence[RunSpec], results: Location, rerun: bool) -> list[RunSpec]:
     """The specs still to run: all with ``rerun``, else those with no completed row in the store."""
     if rerun:
         return list(specs)
@@ -87,17 +89,23 @@ def _objective(spec: RunSpec, metrics: dict[str, float] | Any) -> dict[str, floa
 def _trainable(config: dict[str, Any]) -> None:
     spec = spec_from_config(config)
     load_for_run(spec)  # the suite's plugins register the run's rule or task in this process too
-    results = Path(config["results"])
+    results = parse(config["results"])
 
     def report(step: int, metrics: dict[str, float] | Any) -> None:
         tune.report({STEP_KEY: step, **metrics, **_objective(spec, metrics)})
 
-    result = train.run(spec, report, hooks=artifact_hooks(spec, store.artifacts_dir(results, spec)))
-    store.write_run(results, spec, result)
+    with local_folder(store.artifacts_dir(results, spec)) as artifacts:
+        result = train.run(spec, report, hooks=artifact_hooks(spec, artifacts))
+    store.write_run(results, spec, result, node_id())
     last = result.curve[-1].metrics if result.curve else {}
     extra = {k: v for k, v in result.final.items() if k not in last}
     final = {STEP_KEY: result.steps, STATUS_KEY: result.status, **extra}
     tune.report({**final, **_objective(spec, result.final)})
+
+
+def node_id() -> str:
+    """The Ray node this process runs on, as a run row records it (with ``socket.gethostname()``)."""
+    return str(ray.get_runtime_context().get_node_id()) if ray.is_initialized() else ""
 
 
 def failed_result(spec: RunSpec, error: str) -> RunResult:
@@ -150,12 +158,14 @@ class _Ledger:
     """Where a finished run is recorded: its MLflow run closed, the outcome, the progress line."""
 
     tracker: Tracker
-    results: Path
+    results: Location
     outcome: GridOutcome
     progress: Progress
 
     def completed(self, spec: RunSpec, status: str) -> None:
+        # Artifacts in an object store stay there: MLflow logs files from this machine only.
         artifacts = store.artifacts_dir(self.results, spec) if spec.artifacts else None
+        artifacts = artifacts if isinstance(artifacts, Path) else None
         self.tracker.end_run(spec.run_id, status, artifacts)
         (self.outcome.diverged if status == "diverged" else self.outcome.completed).append(spec.run_id)
         self.progress.update(_label(spec), status)
@@ -242,7 +252,7 @@ ResourceFn = Callable[[RunSpec], dict[str, float]]
 
 def run_grid(
     specs: Sequence[RunSpec],
-    results: Path,
+    results: Location,
     tracker: Tracker,
     resources: ResourceFn,
     *,
@@ -252,7 +262,7 @@ def run_grid(
 ) -> GridOutcome:
     """Run every pending spec as a Ray Tune trial; Ray must already be connected."""
     stream = stream or sys.stderr
-    results = Path(results).resolve()
+    results = resolved(results)
     todo = pending_specs(specs, results, rerun)
     outcome = GridOutcome(total=len(specs), skipped=len(specs) - len(todo))
     print(
@@ -272,7 +282,7 @@ def run_grid(
         if one_process:
             param_space = {
                 "spec": tune.grid_search([s.model_dump(mode="json") for s in one_process]),
-                "results": str(results),
+                "results": as_text(results),
             }
             _fit(param_space, todo[0].suite, resources, ledger, max_failures=max_failures)
         for spec in data_parallel:
@@ -306,7 +316,7 @@ def run_trials(
     param_space: dict[str, Any],
     total: int,
     first: RunSpec,
-    results: Path,
+    results: Location,
     tracker: Tracker,
     resources: ResourceFn,
     outcome: GridOutcome,
@@ -383,9 +393,10 @@ def _bundle(need: dict[str, float]) -> tune.PlacementGroupFactory:
 
 
 def _backfill_tracking(
-    specs: Sequence[RunSpec], todo: Sequence[RunSpec], results: Path, tracker: Tracker
+    specs: Sequence[RunSpec], todo: Sequence[RunSpec], results: Location, tracker: Tracker
 ) -> None:
-    """Runs done in the store but never closed in MLflow (the driver was killed) get their run."""
+    """Runs done in the store but never closed in MLflow (the driver was killed, or the tracking
+    server was down when they ended) get their run."""
     pending = {s.run_id for s in todo}
     done = [s for s in specs if s.run_id not in pending]
     if not done or not tracker.enabled:

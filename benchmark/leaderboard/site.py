@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +31,7 @@ from benchmark.leaderboard.figures import (
 )
 from benchmark.leaderboard.score import runs_frame, score_runs
 from benchmark.leaderboard.suite_scores import Dropped, SuiteScores, score_suite
+from benchmark.results_location import Location, parse
 
 TEMPLATES = Path(__file__).with_name("templates")
 
@@ -130,18 +130,18 @@ class SuitePage:
     generated: str = ""
 
 
-def known_suites(results: Path) -> list[str]:
+def known_suites(results: Location) -> list[str]:
     """The suites under ``results`` that have a runs folder."""
-    root = Path(results)
+    root = parse(results)
     return sorted(p.parent.name for p in root.glob("*/runs") if p.is_dir()) if root.is_dir() else []
 
 
-def current_suites(results: Path) -> list[str]:
+def current_suites(results: Location) -> list[str]:
     """The suites under ``results`` with runs of the current protocol (the ones a site can show)."""
     return [s for s in known_suites(results) if store.read_runs(results, s).num_rows]
 
 
-def check_suites(suites: Sequence[str], results: Path) -> None:
+def check_suites(suites: Sequence[str], results: Location) -> None:
     """Refuse suites with no stored runs of the current protocol, naming the suite and the folder."""
     known = known_suites(results)
     for suite in suites:
@@ -149,14 +149,16 @@ def check_suites(suites: Sequence[str], results: Path) -> None:
             hint = get_close_matches(suite, known, n=1)
             expected = f"a suite with stored runs under {results} ({', '.join(known) or 'none'})"
             got = f"{suite!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
-            raise SpecError(results, "suite", expected, got)
+            raise SpecError(str(results), "suite", expected, got)
         if store.read_runs(results, suite).num_rows == 0:
             stale = store.stale_runs(results, suite)
             why = store.stale_message(results, suite, stale) if stale else "no runs"
-            raise SpecError(store.runs_dir(results, suite), "suite", f"stored runs of suite {suite!r}", why)
+            raise SpecError(
+                str(store.runs_dir(results, suite)), "suite", f"stored runs of suite {suite!r}", why
+            )
 
 
-def publish(suites: Sequence[str], results: Path, out: Path) -> list[Path]:
+def publish(suites: Sequence[str], results: Location, out: Path) -> list[Path]:
     """Write ``index.html`` and one page per suite into ``out``; returns the pages written."""
     check_suites(suites, results)
     out = Path(out)
@@ -371,12 +373,12 @@ def provenance_rows(frame: pd.DataFrame) -> list[tuple[str, str]]:
     ]
 
 
-def _copy_theory_images(page: SuitePage, results: Path, out: Path) -> None:
+def _copy_theory_images(page: SuitePage, results: Location, out: Path) -> None:
     """Theory overlays the leaderboard drew (PNG files) are copied beside the page and shown."""
     source = store.suite_dir(results, page.name) / "plots"
     if not source.is_dir():
         return
-    images = sorted(source.glob("*-theory-*.png"))
+    images: list[Location] = sorted(source.glob("*-theory-*.png"), key=str)
     if not images:
         return
     target = out / page.name
@@ -385,7 +387,7 @@ def _copy_theory_images(page: SuitePage, results: Path, out: Path) -> None:
         stem = task.name.split("[")[0]
         for image in images:
             if image.name.startswith(stem + "-") or image.name.startswith(stem + "."):
-                shutil.copyfile(image, target / image.name)
+                (target / image.name).write_bytes(image.read_bytes())  # from a URI too
                 task.images.append((f"{page.name}/{image.name}", image.stem))
 
 
