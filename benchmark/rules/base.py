@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, runtime_checkable
 
@@ -96,6 +96,37 @@ def always_supported(task: TaskInfo, options: BaseModel) -> str | None:
     return None
 
 
+class StackedStep(Protocol):
+    """A rule's update over a group's stacked parameters (leading dimension: the group's members).
+
+    Built by :attr:`BatchForm.build`, it holds the members' optimizer state, stacked as the
+    parameters are, and updates the parameters in place (:mod:`benchmark.train_group`).
+    """
+
+    def step(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> None:
+        """One update of every member, in place; ``grads`` are stacked as ``params``."""
+        ...
+
+    def keep(self, members: torch.Tensor) -> None:
+        """Keep only these members (indices into the current stack): the others have ended."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class BatchForm:
+    """A rule's declaration that runs differing only in seed (and in ``per_member``) train as one.
+
+    Attributes:
+        build: ``build(params, hparams) -> StackedStep``: ``params`` are the group's stacked
+            parameters, ``hparams`` one validated model per member, in the stack's order.
+        per_member: hyperparameters whose values may differ between a group's members (as HFTA's
+            optimizers take arrays of them); every other hyperparameter is the same for all.
+    """
+
+    build: Callable[[Sequence[torch.Tensor], Sequence[Any]], StackedStep]
+    per_member: frozenset[str] = frozenset()
+
+
 @dataclass(frozen=True, slots=True)
 class RuleInfo:
     """A learning rule's registry entry.
@@ -123,6 +154,7 @@ class RuleInfo:
             their extra forwards, curvature rules their Jacobian's or output-Hessian factor's
             backward passes (docs/protocol.md). Linear algebra (solves, K-FAC's inverses) is not
             counted.
+        batching: how its runs train in groups (:class:`BatchForm`); None: each run alone.
     """
 
     name: str
@@ -138,6 +170,7 @@ class RuleInfo:
     test_hparams: Mapping[str, Any] = field(default_factory=dict)
     data_parallel: bool = False
     forward_passes: float = 3.0
+    batching: BatchForm | None = None
 
     def defaults(self) -> dict[str, Any]:
         return self.hparams().model_dump(mode="json")
