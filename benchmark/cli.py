@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from benchmark.errors import ExitCode, SpecError
 
 if TYPE_CHECKING:
+    from benchmark.batching import BatchSetting
     from benchmark.spec import RunSpec
     from benchmark.tracking import Tracker
 
@@ -66,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="validate and print the grid; run and write nothing"
     )
     run.add_argument("--max-failures", type=int, default=1, help="retries of a failed run (default: 1)")
+    run.add_argument(
+        "--batch",
+        help="train runs that differ only in seed as one model, in groups of up to N (auto, off or N; "
+        "default: the suite's batch, else auto)",
+    )
     _add_cluster_args(run)
     run.set_defaults(command=cmd_run)
 
@@ -140,8 +146,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     for cell in dict.fromkeys(plan.dropped):  # one line per reason, however many variants share it
         print(f"skipping {cell.rule} on {cell.task}: {cell.reason}", file=sys.stderr)
     _warn_stale(args.results, suite.name)
+    from benchmark.batching import parse_batch
+
+    batch = suite.batch if args.batch is None else parse_batch(args.batch)
     if args.dry_run:
-        return _print_plan(plan, args.results)
+        return _print_plan(plan, args.results, batch)
 
     # MLflow's set-up runs on the tracker's thread while Ray starts; Tune loads after.
     args.results.mkdir(parents=True, exist_ok=True)
@@ -156,7 +165,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     threading.Thread(target=_import_leaderboard, name="import-leaderboard", daemon=True).start()
 
     outcome = run_grid(
-        plan.specs, args.results, tracker, resources, rerun=args.rerun, max_failures=args.max_failures
+        plan.specs,
+        args.results,
+        tracker,
+        resources,
+        rerun=args.rerun,
+        max_failures=args.max_failures,
+        batch=batch,
     )
     stopping = shutdown_in_background() if started_here else None
     _write_board(suite.name, args.results, only={spec.run_id for spec in plan.specs})
@@ -238,8 +253,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return ExitCode.RUNS_FAILED if failed else ExitCode.OK
 
 
-def _print_plan(plan: object, results: Path) -> int:
+def _print_plan(plan: object, results: Path, batch: BatchSetting = "off") -> int:
     from benchmark import store
+    from benchmark.batching import group_runs
 
     specs = plan.specs  # type: ignore[attr-defined]
     done = store.done_ids(results, specs[0].suite) if specs else set()
@@ -250,6 +266,8 @@ def _print_plan(plan: object, results: Path) -> int:
             f"seed={spec.seed}  steps={spec.budget.steps}"
         )
     print(f"{len(specs)} runs, {sum(s.run_id in done for s in specs)} already done", file=sys.stderr)
+    for line in group_runs([s for s in specs if s.run_id not in done], batch).summary():
+        print(line, file=sys.stderr)
     return ExitCode.OK
 
 

@@ -20,6 +20,7 @@ divided by its size.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -177,6 +178,7 @@ def run_group(
         result = finished(
             member.spec, status, step, final, member.curve, clock.seconds / size, wall, device, started_at
         )
+        result = dataclasses.replace(result, batch_size=size)
         results[member.spec.run_id] = result
         on_end(member.spec, result)
 
