@@ -78,8 +78,11 @@ def why_alone(spec: RunSpec) -> str | None:
 
     if RULES.get(spec.rule).batching is None:
         return f"rule {spec.rule} has no batched form"
-    if TASKS.get(spec.task).batch_member_bytes is None:
+    member_bytes = TASKS.get(spec.task).batch_member_bytes
+    if member_bytes is None:
         return f"task {spec.task} does not batch"
+    if member_bytes(TASKS.get(spec.task).options.model_validate(spec.task_options)) is None:
+        return f"task {spec.task} does not batch with these options"
     if spec.budget.probe_every is not None:
         return "budget.probe_every: the probe reads one model's step"
     if spec.budget.workers is not None:
@@ -135,7 +138,7 @@ def group_runs(specs: Sequence[RunSpec], batch: BatchSetting, memory: int | None
         first = members[0]
         task = TASKS.get(first.task)
         assert task.batch_member_bytes is not None  # why_alone let it in
-        need = task.batch_member_bytes(task.options.model_validate(first.task_options))
+        need = task.batch_member_bytes(task.options.model_validate(first.task_options)) or 1
         fits = max(1, int(MEMORY_SHARE * memory // max(need, 1)))
         size = min(largest, fits)
         count = math.ceil(len(members) / size)

@@ -91,3 +91,17 @@ def test_the_group_reports_the_mean_once_per_evaluation() -> None:
     assert [step for step, _ in reported] == [0, 10, 20, 30]
     mean = sum(r.final["val/loss"] for r in results) / 3
     assert reported[-1][1]["val/loss"] == pytest.approx(mean)
+
+
+@pytest.mark.parametrize(
+    "task", ["sparse_signal", "pruning", "saxe_modes", "saxe_depth", "teacher_student", "digits_mlp"]
+)
+def test_every_task_that_batches_gives_its_solo_runs(task: str) -> None:
+    specs = [make_spec(task, "sgd", seed, steps=20, eval_every=10, hparams={"lr": 0.01}) for seed in range(2)]
+    for member, spec in zip(run_group(specs), specs, strict=True):
+        solo = train.run(spec)
+        assert member.curve[0].metrics == solo.curve[0].metrics
+        for key, value in solo.curve[1].metrics.items():
+            got = member.curve[1].metrics[key]
+            assert got == pytest.approx(value, rel=1e-4, abs=1e-12, nan_ok=True), key
+        assert member.final.keys() == solo.final.keys()

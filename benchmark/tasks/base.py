@@ -121,8 +121,8 @@ class TaskInfo:
         batch_member_bytes: ``batch_member_bytes(options) -> bytes`` one member of a batched group
             needs (:mod:`benchmark.train_group`), so that a group fits the device's memory; a task
             that declares it can train runs that differ only in seed as one stacked model (its
-            model is a plain module of parameters, its loss a function of one output). None: each
-            run alone.
+            model is a plain module of parameters, its loss a function of one output); it returns
+            None for options that cannot batch. None: each run alone.
     """
 
     name: str
@@ -142,7 +142,7 @@ class TaskInfo:
     theory: bool = False
     selection: Target | None = None
     validation: str = ""
-    batch_member_bytes: Callable[[Any], int] | None = None
+    batch_member_bytes: Callable[[Any], int | None] | None = None
 
     @property
     def selected_by(self) -> Target:
