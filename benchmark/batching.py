@@ -4,10 +4,10 @@ per-member hyperparameters their rule declares), each trained as one stacked mod
 
 A suite's ``batch`` (``auto``, a group size, or ``off``; the ``--batch`` flag overrides it) sets
 the largest group. It is not part of any RunSpec, so run ids do not change with it. A run trains
-alone when its rule or task declares no batched form, when it probes (``budget.probe_every``),
-trains data-parallel (``budget.workers``) or warms up (``budget.warmup_steps``), or when nothing
-shares its cell. A group larger than a share of the device's memory allows (the task's
-``batch_member_bytes`` per member) is split, and the split is said.
+alone when its rule or task declares no batched form, when it probes (``budget.probe_every``) or
+trains data-parallel (``budget.workers``), or when nothing shares its cell. A group larger than a
+share of the device's memory allows (the task's ``batch_member_bytes`` per member) is split, and
+the split is said.
 """
 
 from __future__ import annotations
@@ -87,8 +87,6 @@ def why_alone(spec: RunSpec) -> str | None:
         return "budget.probe_every: the probe reads one model's step"
     if spec.budget.workers is not None:
         return "budget.workers: data-parallel runs train alone"
-    if spec.budget.warmup_steps is not None:
-        return "budget.warmup_steps: warm-up is not batched yet"
     return None
 
 

@@ -186,7 +186,10 @@ def run_group(
     for member in members:
         member.run.model.train()
     steps = first.budget.steps
+    warmup = first.budget.warmup_steps or 0
     for step in range(1, steps + 1):
+        if step <= warmup:  # the members' WarmUp hooks ramp their own (unused) optimizers alike
+            update.scale_lr(step / warmup)
         clock.start()
         drawn = [next(m.batches) for m in members]
         inputs = torch.stack([b[0] for b in drawn])
@@ -252,5 +255,5 @@ def _check_group(specs: Sequence[RunSpec], rule_batches: bool, task_batches: boo
             raise ValueError(
                 f"run {spec.run_id} differs from {first.run_id} in more than its seed and hparams"
             )
-        if spec.budget.probe_every or spec.budget.workers or spec.budget.warmup_steps:
-            raise ValueError(f"run {spec.run_id} probes, warms up or trains data-parallel: it runs alone")
+        if spec.budget.probe_every or spec.budget.workers:
+            raise ValueError(f"run {spec.run_id} probes or trains data-parallel: it runs alone")

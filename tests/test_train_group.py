@@ -115,3 +115,17 @@ def test_every_task_that_batches_gives_its_solo_runs(task: str) -> None:
             got = member.curve[1].metrics[key]
             assert got == pytest.approx(value, rel=1e-4, abs=1e-12, nan_ok=True), key
         assert member.final.keys() == solo.final.keys()
+
+
+def test_members_warm_up_as_alone() -> None:
+    def warmed(lr: float, seed: int) -> RunSpec:
+        spec = make_spec(
+            "digits_mlp", "sgd", seed, steps=20, eval_every=10, hparams={"lr": lr, "momentum": 0.9}
+        )
+        return spec.model_copy(update={"budget": spec.budget.model_copy(update={"warmup_steps": 8})})
+
+    specs = [warmed(0.05, 0), warmed(0.05, 1), warmed(0.1, 0)]
+    for member, spec in zip(run_group(specs), specs, strict=True):
+        solo = train.run(spec)
+        assert member.curve[0].metrics == solo.curve[0].metrics
+        assert member.curve[1].metrics == pytest.approx(solo.curve[1].metrics, rel=1e-4)

@@ -111,6 +111,10 @@ class StackedStep(Protocol):
         """Keep only these members (indices into the current stack): the others have ended."""
         ...
 
+    def scale_lr(self, factor: float) -> None:
+        """Run every member at ``factor`` × its ``lr`` (a warm-up's ramp, as ``OptimizerRule.scale_lr``)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class BatchForm:

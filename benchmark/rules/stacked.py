@@ -72,6 +72,7 @@ class StackedOptimizer:
         self.first = first or {}
         self.counts_steps = counts_steps
         self.steps = 0
+        self.base_lr = hyper.get("lr")
 
     @torch.no_grad()
     def step(self, params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:
@@ -84,12 +85,19 @@ class StackedOptimizer:
             shaped = {k: _per_member(v, param) for k, v in hyper.items()}
             self.update(param, grad, *state, **shaped, inplace=True)
 
+    def scale_lr(self, factor: float) -> None:
+        if self.base_lr is None:
+            raise ValueError(f"{self.update.__name__} has no lr to scale")
+        self.hyper["lr"] = self.base_lr * factor
+
     def keep(self, members: Tensor) -> None:
         self.state = {n: [t.index_select(0, members) for t in ts] for n, ts in self.state.items()}
         self.hyper = {
             k: v.index_select(0, members.to(v.device)) if isinstance(v, Tensor) else v
             for k, v in self.hyper.items()
         }
+        if isinstance(self.base_lr, Tensor):
+            self.base_lr = self.base_lr.index_select(0, members.to(self.base_lr.device))
 
 
 def sgd_form(update: Update, names: Sequence[str]) -> BatchForm:
