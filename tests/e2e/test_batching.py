@@ -16,6 +16,7 @@ from benchmark.errors import ExitCode
 from benchmark.plan import expand
 from benchmark.spec import load_suite
 from tests.conftest import tiny_suite, write_suite
+from tests.helpers import run_and_kill_after_first_row
 
 RULES = (
     {"name": "sgd", "hparams": {"momentum": 0.9}, "sweep": {"lr": [0.02, 0.05]}},
@@ -123,3 +124,30 @@ def test_a_bad_batch_flag_exits_2_naming_it(
     assert code == ExitCode.BAD_INPUT
     assert "--batch" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_killed_batched_grid_resumes_with_every_cell_exactly_once(ray_session: Any, tmp_path: Path) -> None:
+    # Groups of two (seeds 0-1, 2-3) in parallel: rows land group by group, as members end.
+    fields = tiny_suite(
+        name="kill", tasks=("digits_mlp",), rules=({"name": "sgd"},), seeds=(0, 1, 2, 3), steps=800
+    )
+    suite = write_suite(tmp_path / "kill.yaml", **fields, batch=2)
+    results = tmp_path / "results"
+    uri = f"sqlite:///{tmp_path}/track.db"
+    landed = run_and_kill_after_first_row(
+        suite, results, uri, ray_session.address_info["address"], wait_s=300
+    )
+    assert 1 <= len(landed) < 4, "the kill must land halfway through the grid"
+
+    assert main(["run", str(suite), "--results", str(results), "--tracking-uri", uri]) == 0
+    rows = store.read_runs(results, "kill").to_pylist()
+    assert len(rows) == 4 == len({r["run_id"] for r in rows})
+    assert {r["status"] for r in rows} == {"ok"}
+    assert {f"{r['run_id']}.parquet" for r in rows} >= landed
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("kill")
+    assert experiment is not None
+    children = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`synapsebench.kind` = 'run'"
+    )
+    assert sorted({c.data.tags["synapsebench.run_id"] for c in children}) == sorted(r["run_id"] for r in rows)
