@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from benchmark.errors import ExitCode, SpecError
 
 if TYPE_CHECKING:
+    from benchmark.batching import BatchSetting
     from benchmark.results_location import Location
     from benchmark.spec import PluginRef, RunSpec
     from benchmark.tracking import Tracker
@@ -76,6 +77,11 @@ def _parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="validate and print the grid; run and write nothing"
     )
     run.add_argument("--max-failures", type=int, default=1, help="retries of a failed run (default: 1)")
+    run.add_argument(
+        "--batch",
+        help="train runs that differ only in seed as one model, in groups of up to N (auto, off or N; "
+        "default: the suite's batch, else auto)",
+    )
     _add_cluster_args(run)
     run.set_defaults(command=cmd_run)
 
@@ -176,8 +182,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     _check_results(args.results)
     _print_skips(plan.dropped)
     _warn_stale(args.results, suite.name)
+    from benchmark.batching import parse_batch
+
+    batch = suite.batch if args.batch is None else parse_batch(args.batch)
     if args.dry_run:
-        return _print_plan(plan, args.results)
+        return _print_plan(plan, args.results, batch)
 
     # MLflow's set-up runs on the tracker's thread while Ray starts; Tune loads after.
     args.results.mkdir(parents=True, exist_ok=True)
@@ -192,7 +201,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     threading.Thread(target=_import_leaderboard, name="import-leaderboard", daemon=True).start()
 
     outcome = run_grid(
-        plan.specs, args.results, tracker, resources, rerun=args.rerun, max_failures=args.max_failures
+        plan.specs,
+        args.results,
+        tracker,
+        resources,
+        rerun=args.rerun,
+        max_failures=args.max_failures,
+        batch=batch,
     )
     stopping = shutdown_in_background() if started_here else None
     _write_board(suite.name, args.results, only={spec.run_id for spec in plan.specs})
@@ -306,14 +321,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
     from benchmark import store
 
-    for path in write_scores(store.suite_dir(args.results, suite.name), cells, options):
+    scores_dir = store.suite_dir(args.results, suite.name)
+    assert isinstance(scores_dir, Path)  # a URI was refused above
+    for path in write_scores(scores_dir, cells, options):
         print(f"wrote {path}")
     failed = sum(c.failed for c in cells)
     return ExitCode.RUNS_FAILED if failed else ExitCode.OK
 
 
-def _print_plan(plan: object, results: Location) -> int:
+def _print_plan(plan: object, results: Location, batch: BatchSetting = "off") -> int:
     from benchmark import store
+    from benchmark.batching import group_runs
 
     specs = plan.specs  # type: ignore[attr-defined]
     done = store.done_ids(results, specs[0].suite) if specs else set()
@@ -324,6 +342,8 @@ def _print_plan(plan: object, results: Location) -> int:
             f"seed={spec.seed}  steps={spec.budget.steps}"
         )
     print(f"{len(specs)} runs, {sum(s.run_id in done for s in specs)} already done", file=sys.stderr)
+    for line in group_runs([s for s in specs if s.run_id not in done], batch).summary():
+        print(line, file=sys.stderr)
     return ExitCode.OK
 
 

@@ -42,3 +42,6 @@ class RunResult:
     """The target metric's value at chance (the 0 of normalised cross-task scores)."""
     theory: bool = False
     """A task scored against closed forms, with no held-out split (left out of cross-task scores)."""
+    batch_size: int = 1
+    """Runs trained together as one stacked model (:mod:`benchmark.train_group`); 1: alone. Its
+    ``train_time_s`` and ``wall_time_s`` are then the group's divided by this size."""

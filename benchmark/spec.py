@@ -133,6 +133,10 @@ class Suite(_Frozen):
     artifacts: list[Literal["weight_histogram"]] = []
     """End-of-run files each run writes and MLflow keeps: ``weight_histogram`` is a PNG of each
     layer's weight magnitudes (log10 |w|) at init and at the end, with a log-normal fit."""
+    batch: Literal["auto", "off"] | Annotated[StrictInt, Field(ge=1)] = "auto"
+    """Runs that differ only in seed train as one stacked model, in groups of up to this many
+    (``auto``: as many as fit, up to 64; ``off``: each alone); see :mod:`benchmark.batching`. Not
+    part of any RunSpec: it changes how runs are scheduled, not their ids."""
 
 
 NOT_HASHED = {"suite", "code_version", "shown", "artifacts", "entry", "track", "plugins"}

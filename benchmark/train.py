@@ -24,18 +24,22 @@ import math
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from benchmark.hooks import Hook, Run, select_hooks
 from benchmark.metrics import Clock, brain_metrics, parameter_snapshot
 from benchmark.provenance import device_name, pick_device
 from benchmark.result import CurvePoint, RunResult, Status
 from benchmark.rules import RULES
-from benchmark.seeding import derive_seeds, seed_everything
+from benchmark.rules.base import RuleInfo
+from benchmark.seeding import Seeds, derive_seeds, seed_everything
 from benchmark.spec import RunSpec
 from benchmark.tasks import TASKS
+from benchmark.tasks.base import TaskInfo
 from benchmark.types import Metrics, Report
 
 
@@ -70,13 +74,7 @@ def run(
     hparams = rule.hparams.model_validate(spec.hparams)
     rank, world = _process_group()
     seeds = derive_seeds(spec.seed).for_rank(rank)
-    seed_everything(seeds.rule)
-
-    init_gen = seeds.generator("init")
-    model = task.build_model(options, init_gen)
-    if rule.prepare is not None:
-        model = rule.prepare(model, init_gen, hparams)
-    model = model.to(device)
+    model = initial_model(task, rule, options, hparams, seeds, device)
     initial = parameter_snapshot(model)  # for the end-of-run sign flips (Dale's law)
     data = task.load_data(options, device)
     learner = rule.build(model, hparams)
@@ -139,14 +137,44 @@ def run(
         final.update(data.finalize(model))
     for hook in hooks:
         hook.on_end(status, final)
+    return finished(
+        spec, status, step, final, curve, clock.seconds, time.perf_counter() - wall_start, device, started_at
+    )
+
+
+def initial_model(
+    task: TaskInfo, rule: RuleInfo, options: Any, hparams: Any, seeds: Seeds, device: torch.device
+) -> nn.Module:
+    """The run's model at initialisation: built from its init stream, prepared by the rule, on ``device``."""
+    seed_everything(seeds.rule)
+    init_gen = seeds.generator("init")
+    model = task.build_model(options, init_gen)
+    if rule.prepare is not None:
+        model = rule.prepare(model, init_gen, hparams)
+    return model.to(device)
+
+
+def finished(
+    spec: RunSpec,
+    status: Status,
+    steps: int,
+    final: dict[str, float],
+    curve: Sequence[CurvePoint],
+    train_time_s: float,
+    wall_time_s: float,
+    device: torch.device,
+    started_at: datetime,
+) -> RunResult:
+    """The result of a run that ended now, with its task's target, selection metric and chance."""
+    task = TASKS.get(spec.task)
     return RunResult(
         run_id=spec.run_id,
         status=status,
-        steps=step,
+        steps=steps,
         final=final,
         curve=tuple(curve),
-        train_time_s=clock.seconds,
-        wall_time_s=time.perf_counter() - wall_start,
+        train_time_s=train_time_s,
+        wall_time_s=wall_time_s,
         device=device_name(device),
         started_at=started_at,
         finished_at=datetime.now(UTC),

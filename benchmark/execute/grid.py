@@ -26,6 +26,7 @@ from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 
 from benchmark import store, train
+from benchmark.batching import BatchSetting, group_runs
 from benchmark.hooks import artifact_hooks
 from benchmark.plugins import load_for_run
 from benchmark.result import RunResult
@@ -259,8 +260,12 @@ def run_grid(
     rerun: bool = False,
     max_failures: int = 1,
     stream: TextIO | None = None,
+    batch: BatchSetting = "off",
 ) -> GridOutcome:
-    """Run every pending spec as a Ray Tune trial; Ray must already be connected."""
+    """Run every pending spec as a Ray Tune trial; Ray must already be connected.
+
+    ``batch`` groups runs that differ only in seed into one trial each (:mod:`benchmark.batching`).
+    """
     stream = stream or sys.stderr
     results = resolved(results)
     todo = pending_specs(specs, results, rerun)
@@ -275,8 +280,11 @@ def run_grid(
     if not todo:
         tracker.flush()
         return outcome
-    one_process = [s for s in todo if s.budget.workers is None]
-    data_parallel = [s for s in todo if s.budget.workers is not None]
+    grouping = group_runs(todo, batch)
+    if batch != "off":
+        print("\n".join(grouping.summary()), file=stream, flush=True)
+    one_process = [s for s in grouping.alone if s.budget.workers is None]
+    data_parallel = [s for s in grouping.alone if s.budget.workers is not None]
     ledger = _Ledger(tracker, results, outcome, Progress(len(todo), stream))
     with _suite_tracking(tracker, todo[0], len(todo), outcome, stream):
         if one_process:
@@ -285,6 +293,10 @@ def run_grid(
                 "results": as_text(results),
             }
             _fit(param_space, todo[0].suite, resources, ledger, max_failures=max_failures)
+        if grouping.groups:
+            from benchmark.execute.groups import fit_groups
+
+            fit_groups(grouping.groups, resources, ledger, max_failures)
         for spec in data_parallel:
             _run_data_parallel(spec, resources, ledger)
     return outcome
@@ -302,10 +314,20 @@ def _run_data_parallel(spec: RunSpec, resources: ResourceFn, ledger: _Ledger) ->
     ledger.tracker.start_run(spec)
     try:
         run_ddp(spec, ledger.results, resources(spec))
-        row = store.read_run(store.runs_dir(ledger.results, spec.suite) / f"{spec.run_id}.parquet")
     except (TrainingFailedError, OSError) as exc:  # a worker's error: the run failed, the grid goes on
         message = str(exc).strip()
         ledger.failed(spec, message.splitlines()[-1][:2000] if message else type(exc).__name__)
+        return
+    close_from_row(ledger, spec, "the run ended without its row")
+
+
+def close_from_row(ledger: _Ledger, spec: RunSpec, error: str) -> None:
+    """Close a run trained outside Tune's per-run reports from its stored row: its curve goes to
+    MLflow in one batch and it counts as completed; with no completed row it failed with ``error``."""
+    path = store.runs_dir(ledger.results, spec.suite) / f"{spec.run_id}.parquet"
+    row = store.read_run(path) if path.is_file() else None
+    if row is None or row["status"] not in store.COMPLETED:
+        ledger.failed(spec, error)
         return
     for point in row["curve"] or []:
         ledger.tracker.log_metrics(spec.run_id, int(point["step"]), dict(point["metrics"] or {}))
@@ -355,13 +377,20 @@ def _fit(
     scheduler: Any = None,
     num_samples: int = 1,
     max_failures: int = 1,
+    trainable: Callable[[dict[str, Any]], None] | None = None,
+    callback: tune.Callback | None = None,
+    first_spec: Callable[[dict[str, Any]], RunSpec] = spec_from_config,
 ) -> Any:
-    """One Tune fit: trials tracked by the callback, stored by the workers; returns the ResultGrid."""
-    callback = _GridCallback(ledger)
+    """One Tune fit: trials tracked by the callback, stored by the workers; returns the ResultGrid.
+
+    ``trainable``, ``callback`` and ``first_spec`` (whose resources a trial asks for) default to
+    one RunSpec per trial; batched groups pass theirs (:mod:`benchmark.execute.groups`).
+    """
+    callback = callback or _GridCallback(ledger)
     scratch = Path(tempfile.mkdtemp(prefix="sb_tune_"))
     try:
         trainable = tune.with_resources(
-            _trainable, lambda config: _bundle(resources(spec_from_config(config)))
+            trainable or _trainable, lambda config: _bundle(resources(first_spec(config)))
         )
         tune_config = (
             tune.TuneConfig(reuse_actors=True)

@@ -97,6 +97,7 @@ def _task_section(task: str, rows: pd.DataFrame) -> list[str]:
         "|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     points = rows.groupby("entry").size()
+    alike = _most_common(chosen)
     for _, r in chosen.iterrows():
         ci = f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
         to = r["median_clock_to_target"]
@@ -104,13 +105,33 @@ def _task_section(task: str, rows: pd.DataFrame) -> list[str]:
             f"| {r['rank']} | `{r['rule_display']}` | {points[r['entry']]} | {_fmt(r['val_mean'])} | "
             f"{_fmt(r['mean'])} | {ci} | {r['n_seeds']} | {r['n_diverged']} | {r['n_failed']} | "
             f"{'∞' if to == math.inf else _fmt(to)} ({r['reached_target']}/{r['n_seeds']}) | "
-            f"{_fmt(r['median_train_time_s'], 3)} | {r['vs_best']} |"
+            f"{_fmt(r['median_train_time_s'], 3)}{'' if r.get('batch_size', '1') == alike else '†'} | "
+            f"{r['vs_best']} |"
         )
+    if (chosen.get("batch_size", pd.Series("1", index=chosen.index)) != alike).any():
+        lines += [
+            "",
+            f"† Batched differently from the others (runs per process: {_batched(chosen)}): a batched "
+            "run's time is its group's divided by the group's size, so compare train s only between "
+            "rows batched alike.",
+        ]
     unselectable = sorted(set(rows["entry_label"]) - set(chosen["entry_label"]))
     if unselectable:
         lines += ["", "No selectable point (a failed seed at every point): " + _names(unselectable) + "."]
     lines.append("")
     return lines
+
+
+def _most_common(chosen: pd.DataFrame) -> str:
+    """The batching most selected points share (``1`` where the board predates batching)."""
+    if "batch_size" not in chosen.columns or chosen.empty:
+        return "1"
+    return str(chosen["batch_size"].astype(str).mode().iloc[0])
+
+
+def _batched(chosen: pd.DataFrame) -> str:
+    sizes = chosen.get("batch_size", pd.Series("1", index=chosen.index)).astype(str)
+    return ", ".join(f"`{label}` {size}" for label, size in zip(chosen["entry_label"], sizes, strict=True))
 
 
 def _suite_section(scores: SuiteScores) -> list[str]:

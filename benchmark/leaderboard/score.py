@@ -61,6 +61,7 @@ LEADERBOARD_COLUMNS = [
     "median_steps_to_target",
     "median_time_to_target_s",
     "median_train_time_s",
+    "batch_size",
     "vs_best",
     "p_vs_best",
 ]
@@ -121,6 +122,8 @@ def seed_frame(frame: pd.DataFrame) -> pd.DataFrame:
     out["val"] = [_final(f, m) for f, m in zip(frame["final"], out["selection_metric"], strict=True)]
     out["test"] = [_final(f, m) for f, m in zip(frame["final"], out["test_metric"], strict=True)]
     out["train_time_s"] = frame["train_time_s"].astype(float)
+    # Runs trained in a group of N report the group's time ÷ N: compared only with runs batched alike.
+    out["batch_size"] = _column(frame, "batch_size", pd.Series(1, index=frame.index)).astype(int)
     reach = pd.DataFrame([_to_target(row) for _, row in frame.iterrows()], index=frame.index)
     out["steps_to_target"], out["time_to_target_s"], passes = reach[0], reach[1], reach[2]
     failed = out["status"] == "failed"
@@ -253,8 +256,15 @@ def _point(display_task: str, display: str, group: pd.DataFrame, first: pd.Serie
         "median_steps_to_target": _median(ok["steps_to_target"].to_numpy(float)[reached]),
         "median_time_to_target_s": _median(ok["time_to_target_s"].to_numpy(float)[reached]),
         "median_train_time_s": _median(ok["train_time_s"].to_numpy(float)),
+        "batch_size": batch_label(ok["batch_size"]),
         "seed_tests": dict(zip(ok["seed"].astype(int), test, strict=True)),
     }
+
+
+def batch_label(sizes: pd.Series) -> str:
+    """How an entry's runs were batched: ``1`` (alone), ``32``, or ``1–32`` where they differ."""
+    values = sorted({int(v) for v in sizes}) or [1]
+    return str(values[0]) if len(values) == 1 else f"{values[0]}–{values[-1]}"
 
 
 def _rank(task_board: pd.DataFrame) -> pd.DataFrame:

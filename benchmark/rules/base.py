@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, runtime_checkable
 
@@ -122,6 +122,41 @@ def always_supported(task: TaskInfo, options: BaseModel) -> str | None:
     return None
 
 
+class StackedStep(Protocol):
+    """A rule's update over a group's stacked parameters (leading dimension: the group's members).
+
+    Built by :attr:`BatchForm.build`, it holds the members' optimizer state, stacked as the
+    parameters are, and updates the parameters in place (:mod:`benchmark.train_group`).
+    """
+
+    def step(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> None:
+        """One update of every member, in place; ``grads`` are stacked as ``params``."""
+        ...
+
+    def keep(self, members: torch.Tensor) -> None:
+        """Keep only these members (indices into the current stack): the others have ended."""
+        ...
+
+    def scale_lr(self, factor: float) -> None:
+        """Run every member at ``factor`` × its ``lr`` (a warm-up's ramp, as ``OptimizerRule.scale_lr``)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class BatchForm:
+    """A rule's declaration that runs differing only in seed (and in ``per_member``) train as one.
+
+    Attributes:
+        build: ``build(params, hparams) -> StackedStep``: ``params`` are the group's stacked
+            parameters, ``hparams`` one validated model per member, in the stack's order.
+        per_member: hyperparameters whose values may differ between a group's members (as HFTA's
+            optimizers take arrays of them); every other hyperparameter is the same for all.
+    """
+
+    build: Callable[[Sequence[torch.Tensor], Sequence[Any]], StackedStep]
+    per_member: frozenset[str] = frozenset()
+
+
 @dataclass(frozen=True, slots=True)
 class RuleInfo:
     """A learning rule's registry entry.
@@ -151,6 +186,7 @@ class RuleInfo:
             their extra forwards, curvature rules their Jacobian's or output-Hessian factor's
             backward passes (docs/protocol.md). Linear algebra (solves, K-FAC's inverses) is not
             counted.
+        batching: how its runs train in groups (:class:`BatchForm`); None: each run alone.
     """
 
     name: str
@@ -166,6 +202,7 @@ class RuleInfo:
     test_hparams: Mapping[str, Any] = field(default_factory=dict)
     data_parallel: bool = False
     forward_passes: float = 3.0
+    batching: BatchForm | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.build, BuildOptimizer) and steps_without_closure(self.build.optimizer):

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from benchmark.rules.base import BuildOptimizer, ErrorCase, RuleInfo
 from benchmark.rules.sign_split import SignSplitHParams, check_nonzero, prepare_sign_split
+from benchmark.rules.stacked import adam_form, sgd_form
 
 DEFAULT_FLOOR = 1e-18
 """Smallest magnitude a sign-preserving rule leaves a nonzero weight at (the reference's threshold)."""
@@ -567,6 +568,7 @@ def _builder(optimizer: type[torch.optim.Optimizer]) -> BuildOptimizer:
     return BuildOptimizer(optimizer, exclude=frozenset(SignSplitHParams.model_fields))
 
 
+_SGD_UPDATE_NAMES = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "floor")
 _SGD_ERRORS = (
     ErrorCase({"lr": -0.1}, r"Invalid lr: -0.1 \(expected > 0\)"),
     ErrorCase({"momentum": 1.5}, r"Invalid momentum: 1.5 \(expected 0 <= momentum < 1\)"),
@@ -588,6 +590,7 @@ EG_SGD = RuleInfo(
     reference=PAPER,
     prepare=prepare_eg,
     error_cases=_SGD_ERRORS,
+    batching=sgd_form(eg_sgd_update, _SGD_UPDATE_NAMES),
 )
 
 EG_ADAMW = RuleInfo(
@@ -607,6 +610,7 @@ EG_ADAMW = RuleInfo(
         ErrorCase({"lr": 10.0, "weight_decay": 0.5}, r"Invalid lr \* weight_decay: 5.0"),
         ErrorCase({"split_bias": "maybe"}, r"split_bias: expected a valid boolean"),
     ),
+    batching=adam_form(eg_adamw_update, ("lr", "eps", "weight_decay", "floor")),
 )
 
 SGD_SIGNED = RuleInfo(
@@ -622,4 +626,5 @@ SGD_SIGNED = RuleInfo(
     reference=PAPER,
     prepare=prepare_sign_split,
     error_cases=_SGD_ERRORS,
+    batching=sgd_form(sgd_signed_update, _SGD_UPDATE_NAMES),
 )

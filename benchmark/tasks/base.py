@@ -118,6 +118,11 @@ class TaskInfo:
             the metric, going ``mode``).
         validation: one line on the validation split for ``synapsebench list`` (its size at the
             default options, and how it is held out); empty for theory tasks.
+        batch_member_bytes: ``batch_member_bytes(options) -> bytes`` one member of a batched group
+            needs (:mod:`benchmark.train_group`), so that a group fits the device's memory; a task
+            that declares it can train runs that differ only in seed as one stacked model (its
+            model is a plain module of parameters, its loss a function of one output); it returns
+            None for options that cannot batch. None: each run alone.
     """
 
     name: str
@@ -137,6 +142,7 @@ class TaskInfo:
     theory: bool = False
     selection: Target | None = None
     validation: str = ""
+    batch_member_bytes: Callable[[Any], int | None] | None = None
 
     @property
     def selected_by(self) -> Target:
@@ -151,6 +157,25 @@ class TaskInfo:
         if isinstance(self.resources, Resources):
             return self.resources
         return self.resources(self.options.model_validate(options))
+
+
+def stacked_member_bytes(parameters: int, activations: int) -> int:
+    """What one member of a batched group takes, in float32: its parameters, their gradient, two
+    optimizer states and the stack's copy (5 each), and a step's activations with their gradients."""
+    return 4 * (5 * parameters + 2 * activations)
+
+
+def model_member_bytes(
+    build: Callable[[Any, torch.Generator], nn.Module], activations: Callable[[Any], int]
+) -> Callable[[Any], int]:
+    """A task's ``batch_member_bytes`` from its model, built once to count its parameters, and the
+    number of activations a step keeps (``activations(options)``)."""
+
+    def member_bytes(options: Any) -> int:
+        model = build(options, torch.Generator().manual_seed(0))
+        return stacked_member_bytes(sum(p.numel() for p in model.parameters()), activations(options))
+
+    return member_bytes
 
 
 def seeded_build(generator: torch.Generator, build: Callable[[], nn.Module]) -> nn.Module:

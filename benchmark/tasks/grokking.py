@@ -85,6 +85,7 @@ from benchmark.tasks.base import (
     TaskInfo,
     TaskOptions,
     cross_entropy,
+    model_member_bytes,
     seeded_build,
 )
 from benchmark.tasks.grokking_transformer import ModularTransformer, equation_tokens
@@ -275,6 +276,8 @@ def load_data(options: GrokkingOptions, device: torch.device) -> GrokkingData:
     return GrokkingData(options, device)
 
 
+_quadratic_bytes = model_member_bytes(build_model, lambda o: o.M * o.M * (3 * o.M + o.hidden))
+
 GROKKING_MODADD = TaskInfo(
     name="grokking_modadd",
     description=(
@@ -302,6 +305,8 @@ GROKKING_MODADD = TaskInfo(
     theory=True,
     eval_every=50,
     resources=resources,
+    # The quadratic network batches; the transformer (GPU-sized, minibatched) trains alone.
+    batch_member_bytes=lambda o: _quadratic_bytes(o) if o.model == "quadratic" else None,
     reference="https://arxiv.org/abs/2509.21519",
     theory_plots=(
         OptionSweepPlot("test accuracy against the training fraction", "train_fraction", "test/accuracy"),

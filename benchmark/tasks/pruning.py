@@ -43,6 +43,7 @@ from benchmark.tasks.base import (
     TensorClassification,
     cross_entropy,
     mlp,
+    model_member_bytes,
     seeded_build,
 )
 from benchmark.tasks.mnist1d import NUM_CLASSES, NUM_FEATURES, VALIDATION, mnist1d_arrays
@@ -195,6 +196,10 @@ def load_data(options: PruningOptions, device: torch.device) -> PruningData:
     return PruningData(options, device)
 
 
+_member_bytes = model_member_bytes(
+    build_mlp, lambda o: o.batch_size * (NUM_FEATURES + o.width * o.depth + NUM_CLASSES)
+)
+
 PRUNING = TaskInfo(
     name="pruning",
     description="MNIST-1D MLP, then global magnitude pruning: accuracy against pruned fraction (EG paper).",
@@ -208,6 +213,9 @@ PRUNING = TaskInfo(
     chance=1 / NUM_CLASSES,
     eval_every=100,
     resources=Resources(cpus=1),
+    # Pruning during learning holds its mask by forward hooks on the run's own module, which a
+    # batched step does not call: those runs train alone.
+    batch_member_bytes=lambda o: None if o.prune_at is not None else _member_bytes(o),
     reference="https://www.biorxiv.org/content/10.1101/2024.10.25.620272v1",
     validation=VALIDATION,
 )

@@ -53,6 +53,7 @@ from benchmark.tasks.base import (
     TaskData,
     TaskInfo,
     TaskOptions,
+    model_member_bytes,
     seeded_build,
 )
 from benchmark.types import Batch, CurveOverlay
@@ -231,6 +232,7 @@ SAXE_MODES = TaskInfo(
     theory=True,
     eval_every=10,
     resources=Resources(cpus=1, gpus=0),
+    batch_member_bytes=model_member_bytes(build, lambda o: o.n * (o.n + o.hidden)),
     reference="https://arxiv.org/abs/1312.6120",
     theory_plots=(CurveOverlay("mode strengths over eq. 12", measured="modes/u_{k}", theory="theory/u_{k}"),),
 )

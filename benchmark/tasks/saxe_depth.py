@@ -82,7 +82,15 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from benchmark.tasks.base import Resources, Target, TaskData, TaskInfo, TaskOptions, seeded_build
+from benchmark.tasks.base import (
+    Resources,
+    Target,
+    TaskData,
+    TaskInfo,
+    TaskOptions,
+    model_member_bytes,
+    seeded_build,
+)
 from benchmark.tasks.saxe import random_orthogonal, summed_squared_error
 from benchmark.types import Batch, OptionSweepPlot
 
@@ -285,6 +293,7 @@ SAXE_DEPTH = TaskInfo(
     theory=True,
     eval_every=10,
     resources=Resources(cpus=1, gpus=0),
+    batch_member_bytes=model_member_bytes(build, lambda o: o.width * o.width * o.depth),
     reference="https://arxiv.org/abs/1312.6120",
     theory_plots=(
         OptionSweepPlot(

@@ -9,6 +9,7 @@ splits (validation as large as the test set, held out of the training examples).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
@@ -28,6 +29,7 @@ from benchmark.tasks.base import (
     cross_entropy,
     mlp,
     seeded_build,
+    stacked_member_bytes,
 )
 
 Arrays = tuple[Tensor, Tensor, Tensor, Tensor]
@@ -69,6 +71,11 @@ def mlp_task(
         x, y, x_test, y_test = arrays(o)
         return TensorClassification((x, y), (x_test, y_test), o.batch_size, device)
 
+    def member_bytes(o: MLPOptions) -> int:
+        sizes = [features, *[o.width] * o.depth, classes]
+        parameters = sum((fan_in + 1) * fan_out for fan_in, fan_out in itertools.pairwise(sizes))
+        return stacked_member_bytes(parameters, o.batch_size * sum(sizes))
+
     return TaskInfo(
         name=name,
         description=description,
@@ -84,4 +91,5 @@ def mlp_task(
         resources=Resources(cpus=1, gpus=0.1),
         reference=reference,
         validation=validation,
+        batch_member_bytes=member_bytes,
     )

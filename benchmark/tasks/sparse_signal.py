@@ -31,7 +31,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from benchmark.tasks.base import Resources, Target, TaskData, TaskInfo, TaskOptions
+from benchmark.tasks.base import Resources, Target, TaskData, TaskInfo, TaskOptions, stacked_member_bytes
 from benchmark.types import Batch
 
 P_ACTIVE = 0.5
@@ -217,6 +217,10 @@ SPARSE_SIGNAL = TaskInfo(
     chance=0.5,
     eval_every=20,
     resources=Resources(cpus=1),
+    batch_member_bytes=lambda o: (
+        # Each member draws its own training set (bytes) and holds the evaluation sets as floats.
+        stacked_member_bytes(o.d, o.batch_size * o.d) + o.num_train * o.d + 4 * (o.num_val + o.num_test) * o.d
+    ),
     reference="https://www.biorxiv.org/content/10.1101/2024.10.25.620272v1",
     # The paper's rule; ln 2 is the loss of a neuron that outputs logit 0 (it has learned nothing).
     selection=Target("val/loss", math.log(2), "min"),

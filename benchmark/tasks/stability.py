@@ -34,7 +34,15 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from benchmark.tasks.base import Resources, Target, TaskData, TaskInfo, TaskOptions, seeded_build
+from benchmark.tasks.base import (
+    Resources,
+    Target,
+    TaskData,
+    TaskInfo,
+    TaskOptions,
+    seeded_build,
+    stacked_member_bytes,
+)
 from benchmark.tasks.saxe import summed_squared_error
 from benchmark.types import Batch
 
@@ -191,5 +199,7 @@ STABILITY_THRESHOLD = TaskInfo(
     theory=True,
     eval_every=20,
     resources=Resources(cpus=1, gpus=0),
+    # The quadratic batches; the net's evaluation (a Hessian power iteration) stays with runs alone.
+    batch_member_bytes=lambda o: stacked_member_bytes(o.dim, o.dim) if o.model == "quadratic" else None,
     reference="https://arxiv.org/abs/2305.17490",
 )

@@ -54,6 +54,7 @@ from benchmark.tasks.base import (
     TaskData,
     TaskInfo,
     TaskOptions,
+    model_member_bytes,
     seeded_build,
 )
 from benchmark.tasks.saxe import summed_squared_error
@@ -215,6 +216,7 @@ TEACHER_STUDENT = TaskInfo(
     theory=True,
     eval_every=50,
     resources=Resources(cpus=1, gpus=0),
+    batch_member_bytes=model_member_bytes(build, lambda o: o.samples * (o.n + 1)),
     reference="https://arxiv.org/abs/1710.03667",
     theory_plots=(
         CurveOverlay(

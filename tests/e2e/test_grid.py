@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -19,7 +14,7 @@ from benchmark.cli import main
 from benchmark.execute.grid import run_grid
 from benchmark.tracking import Tracker
 from tests.conftest import tiny_suite, write_suite
-from tests.helpers import make_spec
+from tests.helpers import make_spec, run_and_kill_after_first_row
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -135,20 +130,12 @@ def test_killed_run_resumes_with_every_cell_exactly_once(ray_session: Any, tmp_p
     suite = write_suite(
         tmp_path / "kill.yaml",
         **tiny_suite(name="kill", tasks=("digits_mlp",), seeds=(0, 1, 2), steps=800),
+        batch="off",  # rows land run by run (tests/e2e/test_batching.py kills a batched grid)
     )
     results = tmp_path / "results"
     uri = f"sqlite:///{tmp_path}/track.db"
-    cmd = [
-        sys.executable, "-m", "benchmark", "run", str(suite), "--results", str(results),
-        "--tracking-uri", uri, "--address", ray_session.address_info["address"],
-    ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while not _run_files(results, "kill") and time.monotonic() < deadline:
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    landed = len(_run_files(results, "kill"))
+    address = ray_session.address_info["address"]
+    landed = len(run_and_kill_after_first_row(suite, results, uri, address, wait_s=120))
     assert 1 <= landed < 6, "the kill must land halfway through the grid"
 
     assert main(["run", str(suite), "--results", str(results), "--tracking-uri", uri]) == 0

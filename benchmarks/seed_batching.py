@@ -1,0 +1,97 @@
+"""Batched ÷ sequential throughput of runs that differ only in seed, through synapsebench's own loop.
+
+Usage::
+
+    .venv/bin/python benchmarks/seed_batching.py [--sizes 8 32 64] [--solo-runs 8] [--threads N]
+        [--tasks mnist1d_mlp saxe_depth] [--rule sgd] [--steps-scale 1.0]
+
+For each task, ``--solo-runs`` runs go one after another through :func:`benchmark.train.run` (a
+run's time does not depend on how many follow it, so this gives the sequential rate), then groups
+of N runs through :func:`benchmark.train_group.run_group`: the same RunSpecs, seeds 0 … N−1, data,
+initialisation, evaluations and results as alone. Throughput is runs per second of wall time, end
+to end (model building, evaluations, end-of-run metrics included). ``mnist1d_mlp`` runs at its suite
+size (40-100-100-10, 300 steps, evaluated every 100); ``saxe_depth`` (depth 6, width 32) as in the
+dynamics suite without its probe (500 full-batch steps, evaluated every 5). The machine's load
+average is printed before and after: on a shared machine, compare only figures taken at similar load.
+Nothing is asserted: this prints figures, it does not judge them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from benchmark import train
+from benchmark.rules import RULES
+from benchmark.spec import Budget, RunSpec
+from benchmark.tasks import TASKS
+from benchmark.train_group import run_group
+
+SETTINGS: dict[str, tuple[dict[str, Any], Budget]] = {
+    "mnist1d_mlp": ({}, Budget(steps=300, eval_every=100)),
+    "saxe_depth": ({"depth": 6, "width": 32, "outputs": 8, "lr_scale": 2.0}, Budget(steps=500, eval_every=5)),
+}
+HPARAMS = {"sgd": {"momentum": 0.0, "lr": 0.05}, "adamw": {}, "eg_sgd": {"lr": 0.05}}
+
+
+def specs(task: str, rule: str, seeds: Sequence[int], steps_scale: float) -> list[RunSpec]:
+    options, budget = SETTINGS[task]
+    steps = max(1, round(budget.steps * steps_scale))
+    budget = Budget(steps=steps, eval_every=min(budget.eval_every or steps, steps))
+    info = TASKS.get(task)
+    hparams = RULES.get(rule).hparams.model_validate(HPARAMS.get(rule, {})).model_dump(mode="json")
+    return [
+        RunSpec(
+            suite="seed-batching",
+            task=task,
+            task_options=info.options.model_validate(options).model_dump(mode="json"),
+            rule=rule,
+            hparams=hparams,
+            seed=seed,
+            budget=budget,
+        )
+        for seed in seeds
+    ]
+
+
+def timed(work: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[8, 32, 64])
+    parser.add_argument("--solo-runs", type=int, default=8, help="runs timed one after another")
+    parser.add_argument("--tasks", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--rule", default="sgd", choices=sorted(HPARAMS))
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--steps-scale", type=float, default=1.0, help="scale every budget (quick looks)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} thread(s), rule {args.rule}")
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    header = (
+        f"{'task':<14} {'N':>4} {'sequential runs/s':>18} {'batched runs/s':>15} {'batched ÷ sequential':>21}"
+    )
+    print(header)
+    for task in args.tasks:
+        for spec in specs(task, args.rule, [0], args.steps_scale):  # data generated and cached, code warm
+            train.run(spec)
+        solo = specs(task, args.rule, range(args.solo_runs), args.steps_scale)
+        sequential = len(solo) / timed(lambda solo=solo: [train.run(s) for s in solo])
+        for size in args.sizes:
+            group = specs(task, args.rule, range(size), args.steps_scale)
+            batched = size / timed(lambda group=group: run_group(group))
+            print(f"{task:<14} {size:>4} {sequential:>18.2f} {batched:>15.2f} {batched / sequential:>20.2f}×")
+    print(f"load average after:  {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
