@@ -77,6 +77,7 @@ def _cli(name: str, steps: int, address: str, tmp_path: Path) -> subprocess.Pope
     grid = tiny_suite(
         name=name, tasks=("digits_mlp",), rules=({"name": "sgd"},), seeds=(0, 1, 2, 3), steps=steps
     )
+    grid["batch"] = "off"  # four trials that Ray can place on either node, not one batched group
     suite = write_suite(tmp_path / f"{name}.yaml", **grid)
     results = tmp_path / "results"
     cmd = [

@@ -61,6 +61,7 @@ def test_server_stopped_mid_grid_parquet_complete_then_tracking_backfilled(
 ) -> None:
     grid = tiny_suite(name="outage", tasks=("digits_mlp",), rules=({"name": "sgd"},), seeds=(0, 1, 2, 3))
     grid["budget"] = {"steps": 300, "eval_every": 100}
+    grid["batch"] = "off"  # runs that land one by one, so the server can stop between them
     suite = write_suite(tmp_path / "outage.yaml", **grid)
     results = tmp_path / "results"
     server = start_mlflow(postgres.url, tmp_path / "artifacts")
