@@ -19,7 +19,7 @@ import yaml
 import benchmark
 from benchmark.plugins import folder_version, load_for_run, optimizer_hparams
 from benchmark.rules import RULES, BuildOptimizer, HParams, RuleInfo
-from benchmark.rules.base import steps_without_closure
+from benchmark.rules.base import LearningRule, OptimizerRule, steps_without_closure
 from benchmark.spec import PluginRef
 from tests.conftest import tiny_suite, write_suite
 from tests.helpers import make_spec
@@ -316,5 +316,33 @@ def test_data_parallel_is_derived_from_the_optimizer_step() -> None:
 
     assert rule(torch.optim.SGD).data_parallel
     assert not rule(torch.optim.LBFGS).data_parallel
-    for name in ("sgd", "adam", "adamw", "eg_sgd", "eg_adamw", "sgd_signed"):
+
+    # A function build is read from its declared return: an OptimizerRule steps on gradients alone.
+    def wraps_an_optimizer(model: torch.nn.Module, hp: LrOnly) -> OptimizerRule:
+        return OptimizerRule(torch.optim.SGD(model.parameters(), lr=hp.lr))
+
+    def owns_its_step(model: torch.nn.Module, hp: LrOnly) -> LearningRule:
+        return OptimizerRule(torch.optim.SGD(model.parameters(), lr=hp.lr))
+
+    built = [
+        RuleInfo(name="x", description="", hparams=LrOnly, build=b)
+        for b in (wraps_an_optimizer, owns_its_step)
+    ]
+    assert [r.data_parallel for r in built] == [True, False]
+    with pytest.raises(TypeError):
+        RuleInfo(name="x", description="", hparams=LrOnly, build=owns_its_step, data_parallel=True)  # type: ignore[call-arg]
+    library = (
+        "lion",
+        "ademamix",
+        "shampoo",
+        "soap",
+        "muon",
+        "schedule_free_adamw",
+        "prodigy",
+        "diffgrad",
+        "agd",
+    )
+    for name in ("sgd", "adam", "adamw", "eg_sgd", "eg_adamw", "sgd_signed", *library):
         assert RULES.get(name).data_parallel, f"{name} is built from a closure-free optimizer"
+    for name in ("lcp_di", "natgrad_exact", "kfac", "weight_perturbation"):
+        assert not RULES.get(name).data_parallel, f"{name} owns its training step"

@@ -378,7 +378,6 @@ def agd_unsupported(task: TaskInfo, options: BaseModel) -> str | None:
 
 AGD_RULE = RuleInfo(
     name="agd",
-    data_parallel=True,
     description="Automatic gradient descent: no learning rate, orthogonal init, bias-free models only.",
     hparams=AGDHParams,
     build=build_agd,

@@ -95,12 +95,30 @@ def steps_without_closure(optimizer: type[torch.optim.Optimizer]) -> bool:
     return closure is None or closure.default is not inspect.Parameter.empty
 
 
+def builds_optimizer_rule(build: Callable[..., Any]) -> bool:
+    """Whether ``build`` gives an :class:`OptimizerRule` whose optimizer steps without a closure.
+
+    Such a rule's update reads only the gradients, which DDP averages, so it may train
+    data-parallel. A :class:`BuildOptimizer`'s class is checked (L-BFGS's step needs a closure);
+    any other build is read from its declared return type, since ``OptimizerRule.train_step`` calls
+    ``optimizer.step()`` without one.
+    """
+    if isinstance(build, BuildOptimizer):
+        return steps_without_closure(build.optimizer)
+    if not inspect.isfunction(build):
+        return False
+    returns = inspect.signature(build).return_annotation
+    if isinstance(returns, str):  # postponed annotations: a name in the build's module
+        returns = build.__globals__.get(returns)
+    return isinstance(returns, type) and issubclass(returns, OptimizerRule)
+
+
 @dataclass(frozen=True, slots=True)
 class BuildOptimizer:
     """A rule's ``build`` from a torch.optim class whose keyword arguments are the hyperparameters.
 
     ``exclude`` names hyperparameters that are not the optimizer's (those of a rule's ``prepare``).
-    A rule built this way has ``data_parallel`` derived from the class (:func:`steps_without_closure`).
+    A rule built this way has ``data_parallel`` derived from the class (:func:`builds_optimizer_rule`).
     """
 
     optimizer: type[torch.optim.Optimizer]
@@ -176,8 +194,7 @@ class RuleInfo:
         test_hparams: a cheap setting for CI (as a task's ``test_options``), e.g. a loose solver.
         data_parallel: its ``build`` gives an :class:`OptimizerRule` whose step reads only the
             gradient, which DDP averages across workers, so runs may use ``budget.workers``.
-            Derived (set) for a :class:`BuildOptimizer` whose optimizer steps without a closure;
-            other builds declare it.
+            Derived from ``build`` (:func:`builds_optimizer_rule`): a rule never sets it by hand.
         forward_passes: the cost of one step in forward-equivalent passes, for the
             ``clock/forward_passes`` clock: 3 for a forward and a backward (a backward costs about
             two forwards). A rule whose cost varies from step to step reports it instead, as
@@ -200,13 +217,13 @@ class RuleInfo:
     unsupported: Callable[[TaskInfo, Any], str | None] = always_supported
     error_cases: tuple[ErrorCase, ...] = ()
     test_hparams: Mapping[str, Any] = field(default_factory=dict)
-    data_parallel: bool = False
+    data_parallel: bool = field(default=False, init=False)
     forward_passes: float = 3.0
     batching: BatchForm | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.build, BuildOptimizer) and steps_without_closure(self.build.optimizer):
-            object.__setattr__(self, "data_parallel", True)  # frozen: set once, at construction
+        # frozen: set once, at construction
+        object.__setattr__(self, "data_parallel", builds_optimizer_rule(self.build))
 
     def defaults(self) -> dict[str, Any]:
         return self.hparams().model_dump(mode="json")

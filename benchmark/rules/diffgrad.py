@@ -100,7 +100,6 @@ def build_diffgrad(model: nn.Module, hp: DiffGradHParams) -> OptimizerRule:
 
 DIFFGRAD = RuleInfo(
     name="diffgrad",
-    data_parallel=True,
     description="diffGrad: Adam with a friction ξ = sigmoid(|Δg|) on the first moment (the authors' update).",
     hparams=DiffGradHParams,
     build=build_diffgrad,

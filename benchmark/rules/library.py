@@ -236,7 +236,6 @@ def build_soap(model: nn.Module, hp: SOAPHParams) -> OptimizerRule:
 
 LION = RuleInfo(
     name="lion",
-    data_parallel=True,
     description="Lion: sign of an interpolated momentum (Chen et al. 2023; pytorch-optimizer).",
     hparams=LionHParams,
     build=build_lion,
@@ -250,7 +249,6 @@ LION = RuleInfo(
 
 ADEMAMIX = RuleInfo(
     name="ademamix",
-    data_parallel=True,
     description="AdEMAMix: Adam plus a slow gradient EMA (Pagliardini et al. 2024; pytorch-optimizer).",
     hparams=AdEMAMixHParams,
     build=build_ademamix,
@@ -265,7 +263,6 @@ ADEMAMIX = RuleInfo(
 
 SHAMPOO = RuleInfo(
     name="shampoo",
-    data_parallel=True,
     description="Shampoo (Gupta et al. 2018), blocks of 256, roots every 10 steps (pytorch-optimizer).",
     hparams=ShampooHParams,
     build=build_shampoo,
@@ -279,7 +276,6 @@ SHAMPOO = RuleInfo(
 
 SOAP_RULE = RuleInfo(
     name="soap",
-    data_parallel=True,
     description="SOAP: Adam in Shampoo's eigenbasis, renewed every 10 steps (Vyas et al. 2024).",
     hparams=SOAPHParams,
     build=build_soap,

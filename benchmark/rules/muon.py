@@ -143,7 +143,6 @@ def needs_a_hidden_weight(task: TaskInfo, options: BaseModel) -> str | None:
 
 MUON = RuleInfo(
     name="muon",
-    data_parallel=True,
     description="Muon on hidden weight matrices, AdamW on the rest (Jordan et al. 2024; torch.optim.Muon).",
     hparams=MuonHParams,
     build=build_muon,

@@ -153,7 +153,6 @@ def build_prodigy(model: nn.Module, hp: ProdigyHParams) -> OptimizerRule:
 
 SCHEDULE_FREE_ADAMW = RuleInfo(
     name="schedule_free_adamw",
-    data_parallel=True,
     track="self_tuning",
     description="Schedule-Free AdamW at AlgoPerf 2024's self-tuning values (Defazio et al. 2024).",
     hparams=ScheduleFreeAdamWHParams,
@@ -167,7 +166,6 @@ SCHEDULE_FREE_ADAMW = RuleInfo(
 
 PRODIGY = RuleInfo(
     name="prodigy",
-    data_parallel=True,
     track="self_tuning",
     description="Prodigy: Adam at an estimated step size, no lr (Mishchenko & Defazio 2023; prodigyopt).",
     hparams=ProdigyHParams,
