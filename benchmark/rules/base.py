@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, runtime_checkable
 
@@ -75,14 +76,28 @@ class OptimizerRule:
         self.optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model(inputs), targets)
         loss.backward()  # type: ignore[no-untyped-call]
-        self.optimizer.step()
-        return {"train/loss": float(loss.detach())}
+        value = float(loss.detach())
+        try:
+            self.optimizer.step()
+        except RuntimeError:  # torch.linalg.LinAlgError is one
+            if math.isfinite(value) and all(_finite_gradients(self.optimizer)):
+                raise
+            # A non-finite loss or gradient: some optimizers' linear algebra raises on it (Shampoo's
+            # SVD), where others step to NaN weights. Either way the run diverged at this step.
+            return {"train/loss": math.nan}
+        return {"train/loss": value}
 
     def state_dict(self) -> dict[str, Any]:
         return self.optimizer.state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.optimizer.load_state_dict(dict(state))
+
+
+def _finite_gradients(optimizer: torch.optim.Optimizer) -> Iterator[bool]:
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            yield param.grad is None or bool(torch.isfinite(param.grad).all())
 
 
 def steps_without_closure(optimizer: type[torch.optim.Optimizer]) -> bool:
