@@ -274,8 +274,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
     plan = expand(suite, args.suite, code_version())
     _check_results(args.results)
-    if not isinstance(args.results, Path):  # the budget curve and tuned files are written locally
-        raise SpecError(None, "--results", "a local folder for tune (a URI works for run)", str(args.results))
     if args.trials < 1:
         raise SpecError(None, "--trials", "a positive number of trials per study", args.trials)
     if args.studies < 1:
@@ -321,10 +319,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
     from benchmark import store
 
-    scores_dir = store.suite_dir(args.results, suite.name)
-    assert isinstance(scores_dir, Path)  # a URI was refused above
-    for path in write_scores(scores_dir, cells, options):
-        print(f"wrote {path}")
+    for written in write_scores(store.suite_dir(args.results, suite.name), cells, options):
+        print(f"wrote {written}")
     failed = sum(c.failed for c in cells)
     return ExitCode.RUNS_FAILED if failed else ExitCode.OK
 

@@ -45,6 +45,7 @@ from benchmark.execute.grid import (
     spec_from_config,
 )
 from benchmark.plan import DroppedCell, Plan
+from benchmark.results_location import Location, as_text, local_folder, resolved
 from benchmark.rules import RULES
 from benchmark.spec import RunSpec, content_hash, display_name
 from benchmark.tasks import TASKS
@@ -326,7 +327,7 @@ def _cell_key(spec: RunSpec) -> tuple[str, str, str]:
 def tune_plan(
     plan: Plan,
     options: TuneOptions,
-    results: Path,
+    results: Location,
     make_tracker: Callable[[str], Tracker],
     resources: ResourceFn,
     rules: list[str] | None = None,
@@ -337,7 +338,7 @@ def tune_plan(
     ``options.storage`` must be set (see :func:`default_storage`).
     """
     stream = stream or sys.stderr
-    results = Path(results).resolve()
+    results = resolved(results)
     chosen = tuning_bases(plan, rules)
     storage = studies.open_storage(options.storage)
     cells = [open_cell(storage, base, keys, options) for base, keys in chosen.bases]
@@ -376,7 +377,7 @@ def tune_plan(
     if total:
         tracker = make_tracker(plan.suite.name + TUNE_SUFFIX)
         run_trials(
-            {"results": str(results)},
+            {"results": as_text(results)},
             total,
             cells[0].base,
             results,
@@ -472,19 +473,19 @@ SCORES_FILE = "tuning"
 """``tuning.parquet`` and ``tuning.md`` in the suite's results folder: the budget curve per cell."""
 
 
-def write_scores(folder: Path, cells: list[TunedCell], options: TuneOptions) -> tuple[Path, Path]:
+def write_scores(folder: Location, cells: list[TunedCell], options: TuneOptions) -> tuple[Location, Location]:
     """The budget curve: each cell's score (median steps to the target over its studies) at K = 1,
-    3 and all K trials, as Parquet (one row per cell and k) and as a Markdown table. Cells tuned before
-    and not now are kept."""
+    3 and all K trials, as Parquet (one row per cell and k) and as a Markdown table, in ``folder``
+    (local, or a URI's: each file is put whole). Cells tuned before and not now are kept."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    folder.mkdir(parents=True, exist_ok=True)
-    parquet, markdown = folder / f"{SCORES_FILE}.parquet", folder / f"{SCORES_FILE}.md"
+    names = f"{SCORES_FILE}.parquet", f"{SCORES_FILE}.md"
+    before = folder / names[0]
     now = {(c.task_display, c.rule) for c in cells}
     rows = [
         r
-        for r in (pq.read_table(parquet).to_pylist() if parquet.is_file() else [])
+        for r in (pq.read_table(pa.BufferReader(before.read_bytes())).to_pylist() if before.is_file() else [])
         if (r["task"], r["rule"]) not in now
     ]
     for cell in cells:
@@ -503,13 +504,16 @@ def write_scores(folder: Path, cells: list[TunedCell], options: TuneOptions) -> 
                 }
             )
     rows.sort(key=lambda r: (r["task"], r["track"], r["rule"], r["k"]))
-    with temporary_beside(parquet) as tmp:
-        pq.write_table(pa.Table.from_pylist(rows), tmp)
-        os.replace(tmp, parquet)
-    with temporary_beside(markdown) as tmp:
-        tmp.write_text(render_scores(rows))
-        os.replace(tmp, markdown)
-    return parquet, markdown
+    with local_folder(folder) as local:
+        local.mkdir(parents=True, exist_ok=True)
+        parquet, markdown = (local / name for name in names)
+        with temporary_beside(parquet) as tmp:
+            pq.write_table(pa.Table.from_pylist(rows), tmp)
+            os.replace(tmp, parquet)
+        with temporary_beside(markdown) as tmp:
+            tmp.write_text(render_scores(rows))
+            os.replace(tmp, markdown)
+    return folder / names[0], folder / names[1]
 
 
 def render_scores(rows: list[dict[str, Any]]) -> str:

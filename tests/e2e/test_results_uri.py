@@ -11,7 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 
 from benchmark import store, train
@@ -113,6 +115,38 @@ def test_grid_into_s3_then_skip_done_leaderboard_and_publish(
 
     assert main(["show", rows[0]["run_id"][:10], "--results", results]) == 0
     assert "weight_histogram.png" in capsys.readouterr().out
+
+
+def test_tune_into_s3_writes_its_trials_and_budget_curve_there(endpoint: str, tmp_path: Path) -> None:
+    suite = write_suite(
+        tmp_path / "tn.yaml",
+        name="tn",
+        tasks=[{"name": "digits_mlp", "options": {"width": 16}}],
+        rules=[{"name": "sgd", "hparams": {"momentum": 0.9}}],
+        seeds=[0],
+        budget={"steps": 20, "eval_every": 10},
+    )
+    results = f"s3://{BUCKET}/tune"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    cmd = [
+        sys.executable, "-m", "benchmark", "tune", str(suite), "--studies", "1", "--trials", "2",
+        "--results", results, "--tracking-uri", f"sqlite:///{tmp_path}/track.db", "--num-cpus", "2",
+    ]  # fmt: skip
+    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": this_checkout()}
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    location = parse(results)
+    trials = store.read_runs(location, "tn-tune").to_pylist()
+    assert [r["rule"] for r in trials] == ["sgd", "sgd"], "the trials' rows are on S3"
+    keys = _keys(endpoint, "tune")
+    assert {"tune/tn/tuning.parquet", "tune/tn/tuning.md"} <= set(keys), "the budget curve is on S3"
+    assert not [k for k in keys if Path(k).name.startswith(".")], "no temporaries"
+    curve = pq.read_table(pa.BufferReader((location / "tn" / "tuning.parquet").read_bytes())).to_pylist()
+    assert {(r["rule"], r["k"]) for r in curve} == {("sgd", 1), ("sgd", 2)}
+    assert (tmp_path / "tuned" / "tn" / "sgd.yaml").is_file(), "tuned configs stay beside the suite"
+    assert [p.name for p in (cwd / ".synapsebench").iterdir()] == ["tn.journal"], "the journal stays local"
 
 
 def test_unknown_scheme_is_bad_input_never_a_folder(
