@@ -149,6 +149,7 @@ def run_group(
     hparams = [rule.hparams.model_validate(s.hparams) for s in specs]
     update: StackedStep = rule.batching.build(list(stack.params.values()), hparams)
     gradients = _gradients(members[0].run.model, task.loss)
+    stacked_diagnostics: Callable[[], list[dict[str, float]]] | None = getattr(update, "diagnostics", None)
 
     clock = Clock()
     size = len(specs)
@@ -162,6 +163,9 @@ def run_group(
             metrics["train/loss"] = sum(member.step_losses) / len(member.step_losses)
         for hook in reversed(member.hooks):
             hook.after_evaluate(step, metrics)
+        if stacked_diagnostics is not None and (values := stacked_diagnostics()):
+            # The group's update stepped the member, not the member's own optimizer.
+            metrics.update(values[next(i for i, m in enumerate(members) if m is member)])
         member.curve.append(CurvePoint(step, clock.seconds / size, metrics))
         member.step_losses.clear()
         member.last = metrics

@@ -6,9 +6,11 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from benchmark import train
 from benchmark.result import RunResult
+from benchmark.rules import RULES
 from benchmark.spec import RunSpec
 from benchmark.train_group import run_group
 from tests.helpers import make_spec
@@ -19,6 +21,7 @@ RULE_SETTINGS = {
     "sgd": {"lr": 0.05, "momentum": 0.9},
     "adamw": {"lr": 0.003},
     "eg_sgd": {"lr": 0.2, "momentum": 0.9},
+    "diffgrad": {"lr": 0.003},
 }
 
 
@@ -129,3 +132,40 @@ def test_members_warm_up_as_alone() -> None:
         solo = train.run(spec)
         assert member.curve[0].metrics == solo.curve[0].metrics
         assert member.curve[1].metrics == pytest.approx(solo.curve[1].metrics, rel=1e-4)
+
+
+def test_a_library_optimizer_steps_the_members_left_after_one_leaves_as_alone() -> None:
+    # diffgrad's batched form is its library optimizer over the stack; when a member ends, the
+    # others keep their own state (moments, previous gradient) and step as they would alone.
+    rule = RULES.get("diffgrad")
+    assert rule.batching is not None
+    hp = rule.hparams(lr=0.01)
+    draws = torch.Generator().manual_seed(0)
+    start = torch.randn(3, 4, 5, generator=draws)
+    grads = [torch.randn(3, 4, 5, generator=draws) for _ in range(4)]
+    stacked = start.clone()
+    update = rule.batching.build([stacked], [hp, hp, hp])
+    alone = [torch.nn.Parameter(start[i].clone()) for i in range(3)]
+    learners = [rule.build(torch.nn.ParameterList([p]), hp) for p in alone]
+    for t, grad in enumerate(grads):
+        if t == 2:  # member 1 ends: the stack keeps 0 and 2
+            stacked = stacked.index_select(0, torch.tensor([0, 2]))
+            update.keep(torch.tensor([0, 2]))
+        live = [0, 1, 2] if t < 2 else [0, 2]
+        update.step([stacked], [grad[live]])
+        for i in live:
+            alone[i].grad = grad[i].clone()
+            learners[i].optimizer.step()  # type: ignore[attr-defined]
+        torch.testing.assert_close(stacked, torch.stack([alone[i].detach() for i in live]))
+
+
+def test_agd_members_take_their_own_step_sizes_as_alone() -> None:
+    # AGD's η comes from each member's own gradient norms; the group reports it per member.
+    specs = [
+        make_spec("digits_mlp", "agd", seed, steps=200, eval_every=100, options={"bias": False})
+        for seed in range(3)
+    ]
+    for member, spec in zip(run_group(specs), specs, strict=True):
+        solo = train.run(spec)
+        _assert_member_is_solo(member, solo)
+        assert math.isfinite(member.curve[1].metrics["rule/step_size"])

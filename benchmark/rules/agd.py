@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from benchmark.rules.base import ErrorCase, HParams, OptimizerRule, RuleInfo
+from benchmark.rules.base import BatchForm, ErrorCase, HParams, OptimizerRule, RuleInfo
 from benchmark.rules.support import task_model
 
 if TYPE_CHECKING:
@@ -79,13 +79,16 @@ def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _slice_norms(grad: Tensor) -> Tensor:
-    """Frobenius norm of the whole matrix (0-d), or of each spatial slice ``grad[:, :, i, j]`` (kh, kw)."""
+def _slice_norms(grad: Tensor, members: int = 0) -> Tensor:
+    """Frobenius norm of the whole matrix (0-d), or of each spatial slice ``grad[:, :, i, j]`` (kh, kw).
+
+    ``members`` leading dimensions (1: a batched group's stack) are kept: one norm per member.
+    """
     dtype = _accumulate_dtype(grad.dtype)
     norms: Tensor = (
         torch.linalg.vector_norm(grad, dtype=dtype)
-        if grad.dim() == 2
-        else torch.linalg.vector_norm(grad, dim=(0, 1), dtype=dtype)
+        if grad.dim() == 2 and not members
+        else torch.linalg.vector_norm(grad, dim=(members, members + 1), dtype=dtype)
     )
     return norms
 
@@ -343,6 +346,48 @@ def _foreach_agd(
     return eta
 
 
+def _stacked_agd(params: list[Tensor], grads: list[Tensor], scales: list[float], *, gain: float) -> Tensor:
+    """:func:`_single_tensor_agd` over a batched group's stacked weights (leading dimension: the
+    members): each member's ``G`` and ``η`` from its own gradients. Returns ``η`` per member."""
+    norms = [_slice_norms(g, members=1) for g in grads]
+    per_member = [n if n.dim() == 1 else n.flatten(1).sum(1) for n in norms]
+    summary = torch.stack([n * s for n, s in zip(per_member, scales, strict=True)]).sum(0) / len(params)
+    eta = automatic_step_size(summary)
+    for p, g, n, s in zip(params, grads, norms, scales, strict=True):
+        factor = eta.view(-1, *([1] * (n.dim() - 1))) * (gain * s / len(params))
+        coeff = factor / n.clamp_min(torch.finfo(n.dtype).tiny)
+        p.sub_(g * coeff.view(len(coeff), 1, 1, *coeff.shape[1:]))  # over each member's slices
+    return eta
+
+
+class StackedAGD:
+    """AGD's :class:`~benchmark.rules.base.StackedStep`: every member's step at once, with its own
+    ``η``, which :meth:`diagnostics` reports per member as the solo optimizer does."""
+
+    def __init__(self, params: Sequence[Tensor], hparams: Sequence[AGDHParams]) -> None:
+        self.scales = [weight_scale(p.shape[1:]) for p in params]
+        self.gain = hparams[0].gain
+        self.eta: Tensor | None = None
+
+    @torch.no_grad()
+    def step(self, params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:
+        self.eta = _stacked_agd(list(params), list(grads), self.scales, gain=self.gain)
+
+    def keep(self, members: Tensor) -> None:
+        if self.eta is not None:
+            self.eta = self.eta.index_select(0, members.to(self.eta.device))
+
+    def scale_lr(self, factor: float) -> None:
+        raise ValueError("AGD has no lr to scale")
+
+    def diagnostics(self) -> list[dict[str, float]]:
+        """``rule/step_size`` of each member, in the stack's order; none before any step (each
+        member's own optimizer then reports NaN, as alone)."""
+        if self.eta is None:
+            return []
+        return [{"rule/step_size": float(eta)} for eta in self.eta]
+
+
 # ---------------------------------------------------------------------------------------------
 # The registry entry: hyperparameters, initialisation, support check.
 
@@ -386,6 +431,7 @@ AGD_RULE = RuleInfo(
     track="self_tuning",
     prepare=prepare_agd,
     unsupported=agd_unsupported,
+    batching=BatchForm(StackedAGD),
     error_cases=(
         ErrorCase({"gain": 0}, r"gain: expected greater than 0"),
         ErrorCase({"gain": -2.5}, r"gain: expected greater than 0"),

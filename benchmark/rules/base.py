@@ -159,7 +159,10 @@ class StackedStep(Protocol):
     """A rule's update over a group's stacked parameters (leading dimension: the group's members).
 
     Built by :attr:`BatchForm.build`, it holds the members' optimizer state, stacked as the
-    parameters are, and updates the parameters in place (:mod:`benchmark.train_group`).
+    parameters are, and updates the parameters in place (:mod:`benchmark.train_group`). A rule
+    whose optimizer has ``diagnostics()`` gives its stacked step ``diagnostics() -> [{"rule/...":
+    value}, ...]``, one dict per member in the stack's order, which the group reports for each
+    member at evaluations in place of the member's own (unstepped) optimizer's.
     """
 
     def step(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> None:

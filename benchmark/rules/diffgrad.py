@@ -13,11 +13,13 @@ import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated
 
+import torch
 from optuna.distributions import FloatDistribution
 from pydantic import Field
 from torch import Tensor, nn
 
 from benchmark.rules.base import ErrorCase, HParams, OptimizerRule, RuleInfo, UnitFloat
+from benchmark.rules.stacked import optimizer_form
 
 if TYPE_CHECKING:
     from pytorch_optimizer import DiffGrad
@@ -87,15 +89,15 @@ def build_diffgrad(model: nn.Module, hp: DiffGradHParams) -> OptimizerRule:
     IEEE TNNLS 2019, https://arxiv.org/abs/1909.11015 (eqs. 4-6); the authors' code,
     github.com/shivram1987/diffGrad (``diffGrad_v2.py``).
     """
-    optimizer = authors_diffgrad()(
-        model.parameters(),
-        lr=hp.lr,
-        betas=hp.betas,
-        eps=hp.eps,
-        weight_decay=hp.weight_decay,
-        weight_decouple=False,
+    return OptimizerRule(diffgrad_optimizer(list(model.parameters()), hp))
+
+
+def diffgrad_optimizer(params: list[Tensor], hp: DiffGradHParams) -> torch.optim.Optimizer:
+    """The rule's optimizer over ``params``: a model's, or a batched group's stacked ones (its
+    update is elementwise, so a stack steps as each member alone)."""
+    return authors_diffgrad()(
+        params, lr=hp.lr, betas=hp.betas, eps=hp.eps, weight_decay=hp.weight_decay, weight_decouple=False
     )
-    return OptimizerRule(optimizer)
 
 
 DIFFGRAD = RuleInfo(
@@ -105,6 +107,7 @@ DIFFGRAD = RuleInfo(
     build=build_diffgrad,
     search_space={"lr": FloatDistribution(1e-5, 1e-1, log=True)},
     reference="https://arxiv.org/abs/1909.11015",
+    batching=optimizer_form(diffgrad_optimizer),
     error_cases=(
         ErrorCase({"lr": 0}, r"lr: expected greater than 0"),
         ErrorCase({"betas": [0.9, 1.0]}, r"betas"),

@@ -128,3 +128,60 @@ def adam_form(update: Update, names: Sequence[str], **fixed: Any) -> BatchForm:
         return StackedOptimizer(update, params, hyper, states, counts_steps=True)
 
     return BatchForm(build, per_member=frozenset({"lr", "weight_decay"}))
+
+
+class StackedTorchOptimizer:
+    """The :class:`~benchmark.rules.base.StackedStep` of a torch optimizer whose update is
+    elementwise: the rule's own optimizer, built over the stacked parameters, steps every member
+    at once, its state stacked as they are. Its members share every hyperparameter (its form has
+    no ``per_member``), since the optimizer takes numbers, not one value per member.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+        self.base_lrs = [group.get("lr") for group in optimizer.param_groups]
+
+    def _bind(self, params: Sequence[Tensor]) -> None:
+        """Point the optimizer at ``params`` (new tensors after :meth:`keep`), its state with them."""
+        (group,) = self.optimizer.param_groups
+        old = group["params"]
+        if all(a is b for a, b in zip(old, params, strict=True)):
+            return
+        state = self.optimizer.state
+        moved = {new: state[p] for p, new in zip(old, params, strict=True) if p in state}
+        state.clear()
+        state.update(moved)
+        group["params"] = list(params)
+
+    @torch.no_grad()
+    def step(self, params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:
+        self._bind(params)
+        for param, grad in zip(params, grads, strict=True):
+            param.grad = grad
+        self.optimizer.step()
+        for param in params:
+            param.grad = None
+
+    def scale_lr(self, factor: float) -> None:
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            if base is None:
+                raise ValueError(f"{type(self.optimizer).__name__} has no lr to scale")
+            group["lr"] = base * factor
+
+    def keep(self, members: Tensor) -> None:
+        for param in self.optimizer.param_groups[0]["params"]:
+            state = self.optimizer.state.get(param, {})
+            for key, value in state.items():
+                if isinstance(value, Tensor) and value.shape == param.shape:  # not a step count
+                    state[key] = value.index_select(0, members.to(value.device))
+
+
+def optimizer_form(make: Callable[[list[Tensor], Any], torch.optim.Optimizer]) -> BatchForm:
+    """The batched form of a rule whose torch optimizer updates elementwise (its state has the
+    parameters' shapes): ``make(params, hparams)`` builds it, as the rule's ``build`` does, over
+    the stacked parameters. Members share every hyperparameter."""
+
+    def build(params: Sequence[Tensor], hparams: Sequence[Any]) -> StackedTorchOptimizer:
+        return StackedTorchOptimizer(make(list(params), hparams[0]))
+
+    return BatchForm(build)
