@@ -132,6 +132,17 @@ def postgres_cluster() -> Iterator[Postgres]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def create_database(cluster: Postgres, name: str) -> str:
+    """A new, empty database in ``cluster``; its plain ``postgresql://`` URL (as a user types it)."""
+    port = cluster.url.rsplit(":", 1)[1].split("/", 1)[0]
+    subprocess.run(
+        _as_postgres(str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", port, name),
+        check=True,
+        capture_output=True,
+    )
+    return f"postgresql://postgres@127.0.0.1:{port}/{name}"
+
+
 @dataclass
 class MlflowServer:
     uri: str

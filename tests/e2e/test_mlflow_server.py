@@ -10,13 +10,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
 
 from benchmark import store
 from benchmark.cli import main
 from tests.conftest import tiny_suite, write_suite
-from tests.servers import PG_BIN, Postgres, postgres_cluster, start_mlflow
+from tests.servers import PG_BIN, Postgres, create_database, postgres_cluster, start_mlflow
 
 pytestmark = [
     pytest.mark.usefixtures("ray_session"),
@@ -103,3 +105,29 @@ def test_server_stopped_mid_grid_parquet_complete_then_tracking_backfilled(
     assert sorted(c.data.tags["synapsebench.run_id"] for c in children) == sorted(r["run_id"] for r in runs)
     assert {c.info.status for c in children} == {"FINISHED"}, "the missing runs were backfilled"
     assert all(len(history) == 4 for history in histories), "with their curves (steps 0, 100, 200, 300)"
+
+
+def test_tune_keeps_its_studies_in_postgres_and_a_rerun_extends_them(
+    postgres: Postgres, tmp_path: Path
+) -> None:
+    # A cluster's tune keeps its Optuna studies in PostgreSQL (--storage), as every node reaches it.
+    storage = create_database(postgres, "optuna")
+    suite = write_suite(
+        tmp_path / "pgtune.yaml",
+        name="pgtune",
+        tasks=[{"name": "digits_mlp", "options": {"width": 16}}],
+        rules=[{"name": "sgd", "hparams": {"momentum": 0.9}}],
+        seeds=[0],
+        budget={"steps": 20, "eval_every": 10},
+    )
+    args = ["tune", str(suite), "--studies", "1", "--results", str(tmp_path / "res"), "--storage", storage]
+    assert main([*args, "--trials", "2"]) == 0
+    (study,) = optuna.get_all_study_summaries(storage)
+    first = optuna.load_study(study_name=study.study_name, storage=storage).get_trials()
+    assert [t.state for t in first] == [TrialState.COMPLETE] * 2
+
+    assert main([*args, "--trials", "3"]) == 0, "a larger K extends the same study"
+    again = optuna.load_study(study_name=study.study_name, storage=storage).get_trials()
+    assert [t.state for t in again] == [TrialState.COMPLETE] * 3
+    assert [t.params for t in again[:2]] == [t.params for t in first], "the first trials are kept, not rerun"
+    assert len(store.read_runs(tmp_path / "res", "pgtune-tune")) == 3
