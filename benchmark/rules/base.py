@@ -79,11 +79,14 @@ class OptimizerRule:
         value = float(loss.detach())
         try:
             self.optimizer.step()
-        except RuntimeError:  # torch.linalg.LinAlgError is one
-            if math.isfinite(value) and all(_finite_gradients(self.optimizer)):
+        except RuntimeError as exc:
+            blown_up = not (math.isfinite(value) and all(_finite_gradients(self.optimizer)))
+            if not (blown_up or isinstance(exc, torch.linalg.LinAlgError)):
                 raise
-            # A non-finite loss or gradient: some optimizers' linear algebra raises on it (Shampoo's
-            # SVD), where others step to NaN weights. Either way the run diverged at this step.
+            # Where other optimizers step to NaN weights, a preconditioner's linear algebra raises
+            # (Shampoo's SVD): on a non-finite loss or gradient, or on statistics beyond the float
+            # range while the gradients are still finite (seen at |g| ≈ 1e17 on digits). Either way
+            # the run's numbers blew up at this step: it diverged.
             return {"train/loss": math.nan}
         return {"train/loss": value}
 

@@ -152,15 +152,16 @@ def test_shampoo_preconditions_blocks_of_256_and_starts_at_step_10() -> None:
     torch.testing.assert_close(_step(model, rule.optimizer, grads[-1]), w - lr * update, rtol=1e-7, atol=1e-9)
 
 
-def test_shampoo_on_a_non_finite_gradient_diverges_instead_of_failing() -> None:
-    # The library's SVD raises on non-finite statistics; the run must end "diverged", as any
+def test_shampoo_whose_numbers_blow_up_diverges_instead_of_failing() -> None:
+    # The library's SVD raises on statistics out of range; the run must end "diverged", as any
     # other rule's does when its loss blows up, not "failed" with a linear-algebra error.
-    model = nn.Linear(3, 2)
     rule = RULES.get("shampoo")
-    learner = rule.build(model, rule.hparams(precondition_every=1))
-    batch = (torch.full((4, 3), math.inf), torch.zeros(4, 2))
-    metrics = learner.train_step(model, batch, nn.functional.mse_loss)
-    assert not math.isfinite(metrics["train/loss"])
+    for scale in (math.inf, 1e12):  # a non-finite gradient; statistics beyond float32's range
+        model = nn.Linear(3, 2)
+        learner = rule.build(model, rule.hparams(precondition_every=1))
+        batch = (torch.full((4, 3), scale), torch.zeros(4, 2))
+        metrics = learner.train_step(model, batch, nn.functional.mse_loss)
+        assert not math.isfinite(metrics["train/loss"]), scale
 
 
 def test_soap_first_two_steps_are_vyas_et_al_algorithm_3() -> None:
