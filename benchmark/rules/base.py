@@ -81,7 +81,7 @@ class OptimizerRule:
             self.optimizer.step()
         except RuntimeError as exc:
             blown_up = not (math.isfinite(value) and all(_finite_gradients(self.optimizer)))
-            if not (blown_up or isinstance(exc, torch._C._LinAlgError)):
+            if not (blown_up or isinstance(exc, torch.linalg.LinAlgError)):  # type: ignore[attr-defined]
                 raise
             # Where other optimizers step to NaN weights, a preconditioner's linear algebra raises
             # (Shampoo's SVD): on a non-finite loss or gradient, or on statistics beyond the float
