@@ -22,8 +22,10 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 _TAB20 = [matplotlib.colors.to_hex(plt.get_cmap("tab20")(i)) for i in range(20)]
-PALETTE = _TAB20[::2] + _TAB20[1::2]
-"""Twenty colours: tab20's dark shades first, so up to ten rules get the most distinct ones."""
+_TAB20B = [matplotlib.colors.to_hex(plt.get_cmap("tab20b")(i)) for i in range(20)]
+PALETTE = _TAB20[::2] + _TAB20[1::2] + [_TAB20B[i + shade] for shade in range(4) for i in range(0, 20, 4)]
+"""Forty colours: tab20's dark shades first, so up to ten rules get the most distinct ones, then its
+light shades, then tab20b's five hues shade by shade (the site's 24 rules share the mapping)."""
 
 
 SVG_METADATA = ("Creator", "Date", "Format", "Type")
