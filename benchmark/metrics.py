@@ -7,7 +7,6 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -73,13 +72,21 @@ def sign_flip_fraction(initial: Mapping[str, torch.Tensor], model: torch.nn.Modu
     return flipped / total if total else math.nan
 
 
-def _ks_to_normal(values: np.ndarray, stats: Any) -> float:
-    """KS statistic against the fitted normal. Only the statistic is used: ``method="asymp"`` skips
-    the exact p-value, which takes tens of seconds on a ResNet-sized layer. The values are
-    standardised rather than passed with ``args``: newer SciPy maps ``"norm"`` to ``ndtr``, which
-    takes no location and scale (seen with the SciPy of an H100 image)."""
-    fit = stats.kstest((values - values.mean()) / values.std(), "norm", method="asymp")
-    return float(fit.statistic)
+def _ks_to_normal(values: np.ndarray) -> float:
+    """The Kolmogorov–Smirnov statistic of the standardised values against N(0, 1):
+    ``D = max_i max(i/n − Φ(z_(i)), Φ(z_(i)) − (i−1)/n)`` over the sorted values, the statistic
+    ``scipy.stats.kstest(z, "norm")`` returns (tested to equal it). Written out because only the
+    statistic is used: kstest's per-call overhead was 1.8 ms against 0.26 ms on 10,000 values,
+    six times at the end of every run, and its exact p-value takes tens of seconds on a
+    ResNet-sized layer."""
+    from scipy.special import ndtr  # imported here: scipy is slow to import and only needed at the end
+
+    z = np.sort((values - values.mean()) / values.std())
+    cdf = ndtr(z)
+    n = len(z)
+    above = np.arange(1, n + 1) / n - cdf
+    below = cdf - np.arange(n) / n
+    return float(max(above.max(), below.max()))
 
 
 def layer_weights(model: torch.nn.Module) -> dict[str, np.ndarray]:
@@ -112,8 +119,6 @@ def weight_distribution_ks(model: torch.nn.Module) -> dict[str, float]:
     from a Gaussian-like init). Lower is a better fit. The parameters are fitted on the same
     sample, so the statistics compare fits; they are not calibrated tests (Lilliefors).
     """
-    from scipy import stats  # imported here: it is slow to import and only needed at the end of a run
-
     lognormal: list[float] = []
     normal: list[float] = []
     for values in layer_weights(model).values():
@@ -123,10 +128,10 @@ def weight_distribution_ks(model: torch.nn.Module) -> dict[str, float]:
             continue
         logs = _subsample(np.log(nonzero))
         if logs.std() > 0:
-            lognormal.append(_ks_to_normal(logs, stats))
+            lognormal.append(_ks_to_normal(logs))
         signed = _subsample(values)
         if signed.std() > 0:
-            normal.append(_ks_to_normal(signed, stats))
+            normal.append(_ks_to_normal(signed))
     return {
         "weights/lognormal_ks": float(np.mean(lognormal)) if lognormal else math.nan,
         "weights/normal_ks": float(np.mean(normal)) if normal else math.nan,

@@ -41,7 +41,7 @@ from benchmark.rules.base import StackedStep
 from benchmark.seeding import derive_seeds
 from benchmark.spec import RunSpec
 from benchmark.tasks import TASKS
-from benchmark.tasks.base import TaskData
+from benchmark.tasks.base import TaskData, TensorClassification
 from benchmark.train import finished, initial_model, no_report
 from benchmark.types import Batch, Metrics, Report
 
@@ -61,7 +61,7 @@ class _Member:
     run: Run
     hooks: list[Hook]
     data: TaskData
-    batches: Iterator[Batch]
+    generator: torch.Generator  # its data stream
     curve: list[CurvePoint] = field(default_factory=list)
     step_losses: list[float] = field(default_factory=list)
     last: dict[str, float] = field(default_factory=dict)
@@ -83,7 +83,48 @@ def _start(spec: RunSpec, device: torch.device, extra: Sequence[Hook]) -> _Membe
     run = Run(spec, model, learner, task.loss, device, parameter_snapshot(model), stepped=model)
     for hook in hooks:
         hook.on_start(run)
-    return _Member(spec, run, hooks, data, data.train_batches(seeds.generator("data")))
+    return _Member(spec, run, hooks, data, seeds.generator("data"))
+
+
+def _same_examples(data: TaskData, first: TensorClassification) -> bool:
+    return (
+        isinstance(data, TensorClassification)
+        and torch.equal(data.train_x, first.train_x)
+        and torch.equal(data.train_y, first.train_y)
+    )
+
+
+class _Draw:
+    """Each step's batches of the live members, stacked (leading dimension: the members).
+
+    Members draw their own batches from their own data streams, as alone. Where every member holds
+    the same :class:`TensorClassification` examples (a task's data depends only on its options),
+    each draws only the indices of its batch and one gather serves the group.
+    """
+
+    def __init__(self, members: Sequence[_Member]) -> None:
+        datas = [m.data for m in members]
+        first = datas[0]
+        self.examples: TensorClassification | None = None
+        if isinstance(first, TensorClassification) and all(_same_examples(d, first) for d in datas):
+            self.examples = first
+        self.streams: list[Iterator[Any]] = [
+            d.train_indices(m.generator) if isinstance(d, TensorClassification) and self.examples else
+            d.train_batches(m.generator)
+            for d, m in zip(datas, members, strict=True)
+        ]  # fmt: skip
+
+    def keep(self, kept: Sequence[int]) -> None:
+        self.streams = [self.streams[i] for i in kept]
+
+    def __call__(self) -> tuple[Tensor, Tensor, list[Batch]]:
+        """The stacked inputs and targets, and each member's own batch (for its hooks)."""
+        if self.examples is not None:
+            idx = torch.stack([next(s) for s in self.streams])
+            inputs, targets = self.examples.train_x[idx], self.examples.train_y[idx]
+            return inputs, targets, list(zip(inputs.unbind(), targets.unbind(), strict=True))
+        drawn = [next(s) for s in self.streams]
+        return torch.stack([b[0] for b in drawn]), torch.stack([b[1] for b in drawn]), drawn
 
 
 class _Stack:
@@ -146,6 +187,7 @@ def run_group(
     extra = hooks or [[] for _ in specs]
     members = [_start(spec, device, hook) for spec, hook in zip(specs, extra, strict=True)]
     stack = _Stack(members)
+    draw = _Draw(members)
     hparams = [rule.hparams.model_validate(s.hparams) for s in specs]
     update: StackedStep = rule.batching.build(list(stack.params.values()), hparams)
     gradients = _gradients(members[0].run.model, task.loss)
@@ -195,9 +237,7 @@ def run_group(
         if step <= warmup:  # the members' WarmUp hooks ramp their own (unused) optimizers alike
             update.scale_lr(step / warmup)
         clock.start()
-        drawn = [next(m.batches) for m in members]
-        inputs = torch.stack([b[0] for b in drawn])
-        targets = torch.stack([b[1] for b in drawn])
+        inputs, targets, drawn = draw()
         clock.pause()
         for member, batch in zip(members, drawn, strict=True):
             for hook in member.hooks:
@@ -237,6 +277,7 @@ def run_group(
             index = torch.tensor(kept, dtype=torch.long, device=device)
             stack.keep(members, index)
             update.keep(index)
+            draw.keep(kept)
     for member in members:
         end(member, "ok", steps)
     return [results[s.run_id] for s in specs]

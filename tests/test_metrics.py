@@ -6,6 +6,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -53,6 +54,22 @@ def test_ks_prefers_the_right_family() -> None:
     from_normal = weight_distribution_ks(_linear(normal))
     assert from_lognormal["weights/lognormal_ks"] < 0.01 < from_lognormal["weights/normal_ks"]
     assert from_normal["weights/normal_ks"] < 0.01 < from_normal["weights/lognormal_ks"]
+
+
+def test_ks_statistics_are_scipys() -> None:
+    # Our KS distance is written out for speed; it must be the statistic scipy's kstest reports
+    # against the normal fitted to each layer (log|w| for the log-normal fit).
+    from scipy import stats
+
+    gen = torch.Generator().manual_seed(1)
+    for shape in [(40, 100), (100, 100), (10, 2000)]:
+        weight = torch.randn(*shape, generator=gen).pow(3)  # neither family: both distances large
+        got = weight_distribution_ks(_linear(weight))
+        values = weight.double().flatten().numpy()
+        logs = np.log(np.abs(values))
+        for key, sample in (("weights/normal_ks", values), ("weights/lognormal_ks", logs)):
+            expected = stats.kstest((sample - sample.mean()) / sample.std(), "norm").statistic
+            assert got[key] == pytest.approx(expected, rel=1e-12), (shape, key)
 
 
 def test_ks_averages_layers_and_ignores_biases_zeros_and_tiny_layers() -> None:

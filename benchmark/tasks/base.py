@@ -233,12 +233,17 @@ class TensorClassification(TaskData):
         self.device = device
 
     def train_batches(self, generator: torch.Generator) -> Iterator[Batch]:
+        for idx in self.train_indices(generator):
+            yield self.train_x[idx], self.train_y[idx]
+
+    def train_indices(self, generator: torch.Generator) -> Iterator[Tensor]:
+        """The training examples of each batch ``train_batches`` draws, as indices (a batched group
+        gathers all its members' batches with one index)."""
         n = len(self.train_x)
         while True:
             order = torch.randperm(n, generator=generator).to(self.device)
             for start in range(0, n - self.batch_size + 1, self.batch_size):
-                idx = order[start : start + self.batch_size]
-                yield self.train_x[idx], self.train_y[idx]
+                yield order[start : start + self.batch_size]
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, step: int) -> dict[str, float]:
