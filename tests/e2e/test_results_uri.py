@@ -4,10 +4,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -183,3 +186,51 @@ def test_unreachable_store_is_bad_input(
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
     assert main(["leaderboard", "x", "--results", f"s3://{BUCKET}/res"]) == 2
     assert "--results" in capsys.readouterr().err
+
+
+@contextmanager
+def _credentials_enforced(endpoint: str) -> Iterator[None]:
+    """Make the loopback server check signatures against its (empty) IAM, as a real store does."""
+
+    def reset(count: str) -> str:
+        request = urllib.request.Request(
+            f"{endpoint}/moto-api/reset-auth", data=count.encode(), headers={"Content-Type": "text/plain"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return str(json.load(answer)["PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT"])
+
+    previous = reset("0")
+    try:
+        yield
+    finally:
+        reset(previous)
+
+
+@pytest.mark.parametrize("keys", ["missing", "unknown to the store"])
+def test_missing_or_refused_credentials_are_bad_input(
+    keys: str,
+    endpoint: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    if keys == "missing":
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            monkeypatch.delenv(key)
+    # No fallback to a credentials file either.
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    suite = write_suite(tmp_path / "c.yaml", **tiny_suite(name="c", tasks=("digits_mlp",), seeds=(0,)))
+    monkeypatch.chdir(tmp_path)
+    results = f"s3://{BUCKET}/nocreds"
+    with _credentials_enforced(endpoint):
+        for args in (
+            ["run", str(suite), "--results", results, "--tracking-uri", f"sqlite:///{tmp_path}/t.db"],
+            ["leaderboard", "c", "--results", results],
+        ):
+            assert main(args) == 2
+            err = capsys.readouterr().err
+            assert "--results" in err
+            assert "credentials" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"], "nothing written"
+    assert _keys(endpoint, "nocreds") == [], "nothing written"
