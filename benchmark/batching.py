@@ -5,7 +5,8 @@ per-member hyperparameters their rule declares), each trained as one stacked mod
 A suite's ``batch`` (``auto``, a group size, or ``off``; the ``--batch`` flag overrides it) sets
 the largest group. It is not part of any RunSpec, so run ids do not change with it. A run trains
 alone when its rule or task declares no batched form, when it probes (``budget.probe_every``) or
-trains data-parallel (``budget.workers``), or when nothing shares its cell. A group larger than a
+trains data-parallel (``budget.workers``), when nothing shares its cell, or, under ``auto``, when a
+member is too large for a group to pay (:data:`AUTO_MEMBER_LIMIT`). A group larger than a
 share of the device's memory allows (the task's ``batch_member_bytes`` per member) is split, and
 the split is said.
 """
@@ -30,6 +31,12 @@ BatchSetting = Literal["auto", "off"] | int
 AUTO_SIZE = 64
 """The largest group ``auto`` forms: 64 seeds of a small MLP ran at 4× a sequential run's
 throughput on 2 CPU cores, about as much as 32 (benchmarks/seed_batching.py)."""
+
+AUTO_MEMBER_LIMIT = 16 * 2**20
+"""The largest member ``auto`` groups. A member's step then moves its own data through memory, which
+a group cannot share: on 2 CPU cores sparse_signal at d = 2,000 (a member ≈ 42 MiB) and d = 20,000
+(≈ 420 MiB) trained 0.8× as fast batched, while d = 200 (≈ 4 MiB) and MNIST-1D's MLP (≈ 0.5 MiB)
+gained 4× (eg-paper suite, 2026-12-04; benchmarks/seed_batching.py). An explicit N groups them anyway."""
 
 MEMORY_SHARE = 0.25
 """The share of the device's memory one group may take (Ray runs several trials side by side)."""
@@ -137,6 +144,13 @@ def group_runs(specs: Sequence[RunSpec], batch: BatchSetting, memory: int | None
         task = TASKS.get(first.task)
         assert task.batch_member_bytes is not None  # why_alone let it in
         need = task.batch_member_bytes(task.options.model_validate(first.task_options)) or 1
+        if batch == "auto" and need > AUTO_MEMBER_LIMIT:
+            reasons[
+                f"batch auto: a member of {first.task} needs ~{need / 2**20:.0f} MiB, over the "
+                f"{AUTO_MEMBER_LIMIT / 2**20:.0f} MiB below which groups pay (--batch N groups them)"
+            ] += len(members)
+            alone.extend(members)
+            continue
         fits = max(1, int(MEMORY_SHARE * memory // max(need, 1)))
         size = min(largest, fits)
         count = math.ceil(len(members) / size)

@@ -5,6 +5,10 @@ Usage::
     .venv/bin/python benchmarks/seed_batching.py [--sizes 8 32 64] [--solo-runs 8] [--threads N]
         [--tasks mnist1d_mlp saxe_depth] [--rule sgd] [--steps-scale 1.0] [--repeats 3]
 
+    # where auto stops grouping (batching.AUTO_MEMBER_LIMIT): the eg-paper point neuron at three widths
+    .venv/bin/python benchmarks/seed_batching.py --tasks sparse_signal_d200 sparse_signal \
+        sparse_signal_d20000 --sizes 8 --repeats 1
+
 For each task, ``--solo-runs`` runs go one after another through :func:`benchmark.train.run` (a
 run's time does not depend on how many follow it, so this gives the sequential rate), then groups
 of N runs through :func:`benchmark.train_group.run_group`: the same RunSpecs, seeds 0 … N−1, data,
@@ -36,7 +40,12 @@ from benchmark.train_group import run_group
 SETTINGS: dict[str, tuple[dict[str, Any], Budget]] = {
     "mnist1d_mlp": ({}, Budget(steps=300, eval_every=100)),
     "saxe_depth": ({"depth": 6, "width": 32, "outputs": 8, "lr_scale": 2.0}, Budget(steps=500, eval_every=5)),
+    # The eg-paper suite's point neuron at d = 200, 2,000 and 20,000: where batching stops paying.
+    "sparse_signal_d200": ({}, Budget(steps=600, eval_every=20)),
+    "sparse_signal": ({}, Budget(steps=600, eval_every=20)),
+    "sparse_signal_d20000": ({}, Budget(steps=600, eval_every=20)),
 }
+DEFAULT_TASKS = ("mnist1d_mlp", "saxe_depth")
 HPARAMS = {"sgd": {"momentum": 0.0, "lr": 0.05}, "adamw": {}, "eg_sgd": {"lr": 0.05}}
 
 
@@ -74,7 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[8, 32, 64])
     parser.add_argument("--solo-runs", type=int, default=8, help="runs timed one after another")
-    parser.add_argument("--tasks", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS), choices=list(SETTINGS))
     parser.add_argument("--rule", default="sgd", choices=sorted(HPARAMS))
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--steps-scale", type=float, default=1.0, help="scale every budget (quick looks)")
@@ -84,7 +93,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} thread(s), rule {args.rule}")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     header = (
-        f"{'task':<14} {'N':>4} {'sequential runs/s':>18} {'batched runs/s':>15} {'batched ÷ sequential':>21}"
+        f"{'task':<20} {'N':>4} {'sequential runs/s':>18} {'batched runs/s':>15} {'batched ÷ sequential':>21}"
     )
     print(header)
     for task in args.tasks:
@@ -95,7 +104,7 @@ def main() -> None:
         for size in args.sizes:
             group = specs(task, args.rule, range(size), args.steps_scale)
             batched = size / timed(lambda group=group: run_group(group), args.repeats)
-            print(f"{task:<14} {size:>4} {sequential:>18.2f} {batched:>15.2f} {batched / sequential:>20.2f}×")
+            print(f"{task:<20} {size:>4} {sequential:>18.2f} {batched:>15.2f} {batched / sequential:>20.2f}×")
     print(f"load average after:  {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
