@@ -33,10 +33,11 @@ AUTO_SIZE = 64
 throughput on 2 CPU cores, about as much as 32 (benchmarks/seed_batching.py)."""
 
 AUTO_MEMBER_LIMIT = 16 * 2**20
-"""The largest member ``auto`` groups. A member's step then moves its own data through memory, which
-a group cannot share: on 2 CPU cores sparse_signal at d = 2,000 (a member ≈ 42 MiB) and d = 20,000
-(≈ 420 MiB) trained 0.8× as fast batched, while d = 200 (≈ 4 MiB) and MNIST-1D's MLP (≈ 0.5 MiB)
-gained 4× (eg-paper suite, 2026-12-04; benchmarks/seed_batching.py). An explicit N groups them anyway."""
+"""The largest member ``auto`` groups. A larger member's step moves its own data through memory, which
+a group cannot share. Groups of 8 against 8 runs one after another, on 2 CPU cores
+(benchmarks/seed_batching.py, 2026-12-04): sparse_signal's point neuron at d = 200 (a member ≈ 4 MiB)
+1.40×, d = 2,000 (≈ 42 MiB) 0.97×, d = 20,000 (≈ 420 MiB) 0.36×; MNIST-1D's MLP (≈ 0.5 MiB) 1.66×.
+An explicit group size groups them anyway."""
 
 MEMORY_SHARE = 0.25
 """The share of the device's memory one group may take (Ray runs several trials side by side)."""
