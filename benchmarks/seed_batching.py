@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python benchmarks/seed_batching.py [--sizes 8 32 64] [--solo-runs 8] [--threads N]
-        [--tasks mnist1d_mlp saxe_depth] [--rule sgd] [--steps-scale 1.0] [--repeats 3]
+        [--tasks mnist1d_mlp saxe_depth] [--rule sgd] [--steps-scale 1.0] [--repeats 3] [--bare]
 
     # where auto stops grouping (batching.AUTO_MEMBER_LIMIT): the eg-paper point neuron at three widths
     .venv/bin/python benchmarks/seed_batching.py --tasks sparse_signal_d200 sparse_signal \
@@ -18,6 +18,8 @@ timings of each. ``mnist1d_mlp`` runs at its suite
 size (40-100-100-10, 300 steps, evaluated every 100); ``saxe_depth`` (depth 6, width 32) as in the
 dynamics suite without its probe (500 full-batch steps, evaluated every 5). The machine's load
 average is printed before and after: on a shared machine, compare only figures taken at similar load.
+With ``--bare``, each ``mnist1d_mlp`` line is followed by the same ratio for a bare step of its model
+(:func:`bare_ceiling`), timed in the same run: the gain the machine's compute allows.
 Nothing is asserted: this prints figures, it does not judge them.
 """
 
@@ -30,6 +32,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from torch import nn
+from torch.func import functional_call, grad, stack_module_state, vmap
 
 from benchmark import train
 from benchmark.rules import RULES
@@ -79,6 +83,53 @@ def timed(work: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
+def bare_ceiling(size: int, repeats: int, steps: int = 200) -> float:
+    """Batched ÷ sequential for ``mnist1d_mlp``'s bare step: no data pipeline, evaluation or bookkeeping.
+
+    One 40-100-100-10 MLP on a batch of 100 stepped by ``torch.optim.SGD`` (lr 0.05), against ``size``
+    copies under ``vmap(grad)`` with the same update. What the machine's compute allows, which
+    synapsebench's loop can approach but not pass.
+    """
+
+    def mlp() -> nn.Module:
+        layers = [nn.Linear(40, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 10)]
+        return nn.Sequential(*layers)
+
+    x, y = torch.randn(100, 40), torch.randint(0, 10, (100,))
+    model = mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+
+    def solo_step() -> None:
+        optimizer.zero_grad()
+        loss_value: torch.Tensor = nn.functional.cross_entropy(model(x), y)
+        loss_value.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+
+    params, buffers = stack_module_state([mlp() for _ in range(size)])
+    skeleton = mlp().to("meta")
+
+    def loss(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> torch.Tensor:
+        return nn.functional.cross_entropy(functional_call(skeleton, (p, b), (x,)), y)
+
+    grads_of = vmap(grad(loss))
+
+    def batched_step() -> None:
+        grads = grads_of(params, buffers)
+        with torch.no_grad():
+            for name, value in params.items():
+                value.sub_(0.05 * grads[name])
+
+    def repeat(step: Callable[[], None], count: int) -> None:
+        for _ in range(count):
+            step()
+
+    repeat(solo_step, 20)  # warm both paths
+    repeat(batched_step, 20)
+    solo = timed(lambda: repeat(solo_step, steps), repeats) / steps
+    batched = timed(lambda: repeat(batched_step, steps // 4), repeats) / (steps // 4)
+    return size * solo / batched
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[8, 32, 64])
@@ -88,6 +139,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--steps-scale", type=float, default=1.0, help="scale every budget (quick looks)")
     parser.add_argument("--repeats", type=int, default=3, help="timings per figure; the fastest is kept")
+    parser.add_argument(
+        "--bare", action="store_true", help="also time mnist1d_mlp's bare vmapped step: the machine's ceiling"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), rule {args.rule}")
@@ -105,6 +159,9 @@ def main() -> None:
             group = specs(task, args.rule, range(size), args.steps_scale)
             batched = size / timed(lambda group=group: run_group(group), args.repeats)
             print(f"{task:<20} {size:>4} {sequential:>18.2f} {batched:>15.2f} {batched / sequential:>20.2f}×")
+            if args.bare and task == "mnist1d_mlp":
+                ceiling = bare_ceiling(size, args.repeats)
+                print(f"{'  bare step, no loop':<20} {size:>4} {'':>18} {'':>15} {ceiling:>20.2f}×")
     print(f"load average after:  {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
