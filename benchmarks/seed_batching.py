@@ -86,16 +86,19 @@ def timed(work: Callable[[], object], repeats: int) -> float:
 def bare_ceiling(size: int, repeats: int, steps: int = 200) -> float:
     """Batched ÷ sequential for ``mnist1d_mlp``'s bare step: no data pipeline, evaluation or bookkeeping.
 
-    One 40-100-100-10 MLP on a batch of 100 stepped by ``torch.optim.SGD`` (lr 0.05), against ``size``
-    copies under ``vmap(grad)`` with the same update. What the machine's compute allows, which
-    synapsebench's loop can approach but not pass.
+    The task's own model (40-100-100-10 at its suite size) on one batch of random inputs, stepped by
+    ``torch.optim.SGD`` (lr 0.05), against ``size`` copies under ``vmap(grad)`` with the same update.
+    What the machine's compute allows, which synapsebench's loop can approach but not pass.
     """
+    info = TASKS.get("mnist1d_mlp")
+    options = info.options.model_validate(SETTINGS["mnist1d_mlp"][0])
 
     def mlp() -> nn.Module:
-        layers = [nn.Linear(40, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 10)]
-        return nn.Sequential(*layers)
+        return info.build_model(options, torch.Generator().manual_seed(0))
 
-    x, y = torch.randn(100, 40), torch.randint(0, 10, (100,))
+    batch_size: int = options.model_dump()["batch_size"]
+    x = torch.randn(batch_size, 40)  # MNIST-1D's 40 inputs
+    y = torch.randint(0, 10, (batch_size,))
     model = mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
 
